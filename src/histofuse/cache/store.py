@@ -1,0 +1,230 @@
+"""Writing and reading feature stores.
+
+Layout of ``results/features/{encoder}/{shard}.zarr`` (Zarr v3)::
+
+    /                      attrs["histofuse"]: provenance (encoder spec, weights sha256, tiling
+                           spec, dtype, cache key, package versions, timings, samples)
+    /{sample}/features     (N, D) float16 (default) or float32, zstd-compressed
+    /{sample}/coords       (N, 2) int64 patch centres, level-0 px (x, y)
+    /{sample}/barcodes     (N,) variable-length UTF-8, spot tasks
+
+A store is written under a temporary name in the same folder and renamed into place only once
+every sample is written; then the manifest ``{shard}.manifest.json`` is written (atomically) as
+the last step. Readers accept a store only if its manifest exists and agrees with the store's
+provenance, so a store from a killed job is never read as complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from histofuse.errors import HistofuseError
+
+FORMAT_VERSION = 1
+ATTRS_KEY = "histofuse"
+
+
+def manifest_path(store: str | Path) -> Path:
+    """Returns the manifest path of a store (``x.zarr`` → ``x.manifest.json``)."""
+    store = Path(store)
+    return store.with_name(store.name.removesuffix(".zarr") + ".manifest.json")
+
+
+def write_json_atomic(obj: Any, path: str | Path) -> None:
+    """Writes JSON to ``path`` via a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+class FeatureStoreWriter:
+    """Writes one feature store atomically.
+
+    Use as a context manager: samples are added with :meth:`add`; on a clean exit the store is
+    renamed into place and the manifest written; on an exception the temporary store is removed
+    and nothing is left at the final path.
+
+    Args:
+        path: Final store path (``….zarr``).
+        provenance: JSON-serialisable provenance; must contain ``cache_key``.
+        dtype: Feature dtype on disk (``float16`` or ``float32``).
+    """
+
+    def __init__(
+        self, path: str | Path, provenance: dict[str, Any], dtype: str = "float16"
+    ) -> None:
+        if "cache_key" not in provenance:
+            raise ValueError("provenance must contain a cache_key")
+        self.path = Path(path)
+        self.provenance = dict(provenance)
+        self.dtype = np.dtype(dtype)
+        self.samples: dict[str, int] = {}
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        self._root = None
+
+    def __enter__(self) -> FeatureStoreWriter:
+        import zarr
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._root = zarr.open_group(str(self._tmp), mode="w", zarr_format=3)
+        return self
+
+    def add(
+        self,
+        sample: str,
+        features: np.ndarray,
+        coords: np.ndarray,
+        barcodes: np.ndarray | None = None,
+    ) -> None:
+        """Adds one sample's features (N, D), coords (N, 2) and optional barcodes (N,)."""
+        import zarr
+
+        if sample in self.samples:
+            raise ValueError(f"sample {sample!r} written twice to {self.path}")
+        n = len(features)
+        if len(coords) != n or (barcodes is not None and len(barcodes) != n):
+            raise ValueError(f"sample {sample!r}: features, coords and barcodes differ in length")
+        group = self._root.create_group(sample)
+        dim = features.shape[1] if features.ndim == 2 else 0
+        # Whole-array reads dominate (heads read all features of a sample), so chunks are large.
+        rows = max(1, min(n, max(1, (16 << 20) // max(1, dim * self.dtype.itemsize))))
+        codec = zarr.codecs.ZstdCodec(level=3)
+        group.create_array(
+            "features",
+            shape=features.shape,
+            chunks=(rows, max(dim, 1)),
+            dtype=self.dtype,
+            compressors=codec,
+        )[...] = features.astype(self.dtype, copy=False)
+        group.create_array(
+            "coords", shape=coords.shape, chunks=(max(1, n), 2), dtype="int64", compressors=codec
+        )[...] = np.asarray(coords, dtype=np.int64)
+        if barcodes is not None:
+            group.create_array("barcodes", data=np.asarray(barcodes, dtype=np.dtypes.StringDType()))
+        self.samples[sample] = n
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            return
+        try:
+            self.provenance.update(
+                format_version=FORMAT_VERSION, dtype=str(self.dtype), samples=self.samples
+            )
+            self._root.attrs[ATTRS_KEY] = json.loads(json.dumps(self.provenance, default=str))
+            if self.path.exists():
+                shutil.rmtree(self.path)
+            os.replace(self._tmp, self.path)
+            write_json_atomic(
+                {
+                    "store": self.path.name,
+                    "cache_key": self.provenance["cache_key"],
+                    "samples": self.samples,
+                    "n_tiles": sum(self.samples.values()),
+                    "format_version": FORMAT_VERSION,
+                },
+                manifest_path(self.path),
+            )
+        except BaseException:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise
+
+
+def read_manifest(store: str | Path) -> dict[str, Any]:
+    """Returns a finished store's manifest.
+
+    Raises:
+        HistofuseError: If the store or its manifest is missing (an unfinished store).
+    """
+    store = Path(store)
+    man = manifest_path(store)
+    if not store.is_dir() or not man.is_file():
+        raise HistofuseError(
+            f"feature store {store} is missing or unfinished (no {man.name}); re-run its embed job"
+        )
+    return json.loads(man.read_text())
+
+
+def read_provenance(store: str | Path) -> dict[str, Any]:
+    """Returns the provenance attributes of a finished store."""
+    import zarr
+
+    read_manifest(store)
+    return dict(zarr.open_group(str(store), mode="r").attrs[ATTRS_KEY])
+
+
+@dataclass
+class FeatureTable:
+    """Features of many samples as one lazy array plus an index.
+
+    Attributes:
+        features: A dask array (N, D), concatenated over samples in index order.
+        index: One row per tile: ``sample``, ``barcode`` (or empty), ``x``, ``y``.
+        provenance: The provenance of the first store (all stores share its cache key).
+    """
+
+    features: Any
+    index: pd.DataFrame
+    provenance: dict[str, Any]
+
+
+def open_features(stores: list[str | Path], cache_key: str | None = None) -> FeatureTable:
+    """Opens all shards of one encoder as one lazily concatenated dask array.
+
+    Args:
+        stores: Store paths of one encoder.
+        cache_key: If given, every store must carry this cache key.
+
+    Raises:
+        HistofuseError: If a store is unfinished, or stores disagree on their cache key, or a
+            store's key differs from ``cache_key``.
+    """
+    import dask.array as da
+    import zarr
+
+    parts, index, first = [], [], None
+    for store in stores:
+        manifest = read_manifest(store)
+        root = zarr.open_group(str(store), mode="r")
+        prov = dict(root.attrs[ATTRS_KEY])
+        if prov.get("cache_key") != manifest["cache_key"]:
+            raise HistofuseError(f"feature store {store} disagrees with its manifest; re-embed it")
+        want = cache_key or (first or {}).get("cache_key")
+        if want is not None and prov["cache_key"] != want:
+            raise HistofuseError(
+                f"feature store {store} has cache key {prov['cache_key']}, expected {want}: it was "
+                "made with another encoder, weights, pooling or tiling; re-run its embed job"
+            )
+        first = first or prov
+        for sample in manifest["samples"]:
+            group = root[sample]
+            parts.append(da.from_zarr(group["features"]))
+            coords = group["coords"][...]
+            barcodes = (
+                np.asarray(group["barcodes"][...], dtype=object)
+                if "barcodes" in group
+                else np.full(len(coords), "", dtype=object)
+            )
+            index.append(
+                pd.DataFrame(
+                    {"sample": sample, "barcode": barcodes, "x": coords[:, 0], "y": coords[:, 1]}
+                )
+            )
+    if not parts:
+        raise HistofuseError("no feature stores given")
+    return FeatureTable(
+        features=da.concatenate(parts, axis=0),
+        index=pd.concat(index, ignore_index=True),
+        provenance=first,
+    )

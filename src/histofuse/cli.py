@@ -1,0 +1,197 @@
+"""The ``histofuse`` command line: one verb per pipeline step.
+
+Snakemake rules call these verbs; each is also usable on its own. Heavy libraries are imported
+inside the verbs, so ``histofuse --help`` and Snakemake's parse stay fast. Errors a user can
+cause are printed as one line (``histofuse: error: …``) with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from histofuse import __version__
+from histofuse.errors import HistofuseError
+
+
+def _demo_cohort(args: argparse.Namespace) -> None:
+    from histofuse.demo import write_demo_cohort
+
+    sheet = write_demo_cohort(
+        args.out,
+        seed=args.seed,
+        n_patients=args.patients,
+        slides_per_patient=args.slides_per_patient,
+        n_genes=args.genes,
+    )
+    print(sheet)
+
+
+def _tile(args: argparse.Namespace) -> None:
+    from histofuse.slides.spec import TilingSpec
+    from histofuse.slides.tiling import tile_spots, write_tiles
+
+    spec = TilingSpec(mode="spots", patch_um=args.patch_um, target_mpp=args.target_mpp)
+    table, meta = tile_spots(args.slide, args.expression, spec, mpp_override=args.mpp)
+    meta["sample"] = args.sample
+    write_tiles(table, meta, args.out)
+    logging.info("%s: %d spot patches of %d px", args.sample, len(table), spec.patch_px)
+
+
+def _embed(args: argparse.Namespace) -> None:
+    from histofuse.embed import embed_shard
+
+    embed_shard(
+        args.tiles,
+        args.encoder,
+        args.out,
+        weights=args.weights,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=args.device,
+        dtype=args.dtype,
+    )
+
+
+def _fit(args: argparse.Namespace) -> None:
+    from histofuse.fit import fit_task
+
+    fit_task(
+        args.task,
+        json.loads(args.task_json),
+        args.samples,
+        args.stores,
+        args.features,
+        args.head,
+        json.loads(args.head_params),
+        args.metrics,
+        args.predictions,
+    )
+
+
+def _report(args: argparse.Namespace) -> None:
+    from histofuse.report.summary import write_report
+
+    summary = write_report(args.metrics, args.out)
+    logging.info("report: %d rows", len(summary))
+
+
+def _encoders(args: argparse.Namespace) -> None:
+    from histofuse.encoders.registry import get_spec, list_encoders
+
+    rows = []
+    for name in list_encoders():
+        spec = get_spec(name)
+        n_params = spec.n_params
+        if args.count:
+            from histofuse.encoders.model import build_trunk
+
+            n_params = sum(p.numel() for p in build_trunk(spec, device="meta").parameters())
+        rows.append(
+            {
+                "name": name,
+                "embed_dim": spec.embed_dim,
+                "n_params": n_params,
+                "input_size": spec.input_size,
+                "mean": list(spec.mean),
+                "std": list(spec.std),
+                "pooling": spec.pooling,
+                "weights": spec.weights,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{'name':<16} {'dim':>5} {'params':>12} {'input':>5} {'pooling':<9} weights")
+    for r in rows:
+        params = f"{r['n_params']:,}" if r["n_params"] else "-"
+        print(
+            f"{r['name']:<16} {r['embed_dim']:>5} {params:>12} {r['input_size']:>5} "
+            f"{r['pooling']:<9} {r['weights']}"
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the argument parser of the ``histofuse`` command."""
+    p = argparse.ArgumentParser(prog="histofuse", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"histofuse {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    s = sub.add_parser("demo-cohort", help="write the synthetic demo cohort")
+    s.add_argument("--out", required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--patients", type=int, default=3)
+    s.add_argument("--slides-per-patient", type=int, default=2)
+    s.add_argument("--genes", type=int, default=120)
+    s.set_defaults(func=_demo_cohort)
+
+    s = sub.add_parser("tile", help="spot-centred patch coordinates of one sample")
+    s.add_argument("--sample", required=True)
+    s.add_argument("--slide", required=True)
+    s.add_argument("--expression", required=True, help=".h5ad with obsm['spatial']")
+    s.add_argument("--patch-um", type=float, default=112.0)
+    s.add_argument("--target-mpp", type=float, default=0.5)
+    s.add_argument("--mpp", type=float, default=None, help="µm/px override for this slide")
+    s.add_argument("--out", required=True, help="tiles parquet")
+    s.set_defaults(func=_tile)
+
+    s = sub.add_parser("embed", help="embed the tiles of a shard with one encoder")
+    s.add_argument("--encoder", required=True)
+    s.add_argument("--tiles", nargs="+", required=True)
+    s.add_argument("--out", required=True, help="store path (.zarr)")
+    s.add_argument("--weights", default=None)
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--num-workers", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    s.set_defaults(func=_embed)
+
+    s = sub.add_parser("fit", help="fit one head on one feature set for one task")
+    s.add_argument("--task", required=True)
+    s.add_argument("--task-json", required=True)
+    s.add_argument("--samples", required=True, help="sample sheet")
+    s.add_argument("--stores", nargs="+", required=True)
+    s.add_argument("--features", required=True, help="feature set name")
+    s.add_argument("--head", required=True)
+    s.add_argument("--head-params", default="{}")
+    s.add_argument("--metrics", required=True)
+    s.add_argument("--predictions", required=True)
+    s.set_defaults(func=_fit)
+
+    s = sub.add_parser("report", help="summary tables from metrics files")
+    s.add_argument("--metrics", nargs="+", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=_report)
+
+    s = sub.add_parser("encoders", help="list the encoder registry")
+    s.add_argument("--json", action="store_true")
+    s.add_argument(
+        "--count",
+        action="store_true",
+        help="count parameters from the built architecture (meta device)",
+    )
+    s.set_defaults(func=_encoders)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the ``histofuse`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        args.func(args)
+    except HistofuseError as exc:
+        print(f"histofuse: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

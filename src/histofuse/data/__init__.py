@@ -1,0 +1,1 @@
+"""Targets: expression tables, gene selection and target transforms."""

@@ -1,0 +1,165 @@
+"""The embed stage: run one encoder once over every tile of a shard and cache the features.
+
+The model is loaded once per job; tiles stream through DataLoader workers that open the slide
+themselves; uint8 batches go to the device, where conversion and normalisation happen; features
+are written per sample into one Zarr store, atomically, with provenance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import time
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histofuse.errors import HistofuseError
+
+log = logging.getLogger(__name__)
+
+_VERSIONED = ("histofuse", "torch", "timm", "zarr", "numcodecs", "openslide-python", "numpy")
+
+
+def package_versions() -> dict[str, str]:
+    """Returns the versions of the packages that shape the features."""
+    out = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "missing"
+    return out
+
+
+def cache_key(
+    spec_fingerprint: str, weights_sha256: str, tiling_fingerprint: str, dtype: str
+) -> str:
+    """Returns the cache key of a feature store: what must match for features to be reused."""
+    blob = json.dumps([spec_fingerprint, weights_sha256, tiling_fingerprint, dtype]).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def resolve_device(device: str) -> str:
+    """Resolves ``auto`` to ``cuda`` when a GPU is visible, else ``cpu``."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def embed_shard(
+    tiles: Sequence[str | Path],
+    encoder: str,
+    out: str | Path,
+    weights: str | Path | None = None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str = "auto",
+    dtype: str = "float16",
+) -> dict[str, Any]:
+    """Embeds every tile of the given tiles tables with one encoder into one feature store.
+
+    Args:
+        tiles: Tiles tables (``results/tiles/{sample}.parquet``), one per sample.
+        encoder: Registry id of the encoder.
+        out: The store path (``….zarr``); its manifest is written beside it last.
+        weights: A weights file or hub id overriding the spec's default.
+        batch_size: Tiles per forward pass.
+        num_workers: DataLoader worker processes reading tiles.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        dtype: Feature dtype on disk.
+
+    Returns:
+        The store's provenance.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from histofuse.cache.store import FeatureStoreWriter
+    from histofuse.encoders.model import create_encoder
+    from histofuse.slides.reader import TileDataset
+    from histofuse.slides.tiling import read_tiles
+
+    device = resolve_device(device)
+    t0 = time.perf_counter()
+    model = create_encoder(encoder, weights=weights, device=device)
+    timings = {"load_model": time.perf_counter() - t0, "read": 0.0, "forward": 0.0, "write": 0.0}
+    tables = [(Path(p), *read_tiles(p)) for p in tiles]
+    fingerprints = {meta["tiling_fingerprint"] for _, _, meta in tables}
+    if len(fingerprints) > 1:
+        raise HistofuseError(
+            f"tiles of one shard were cut with different tiling specs ({sorted(fingerprints)}); "
+            "re-run the tile step for all samples"
+        )
+    tiling = tables[0][2]["tiling"] if tables else {}
+    key = cache_key(
+        model.spec.fingerprint(), model.weights_sha256, next(iter(fingerprints), ""), dtype
+    )
+    provenance = {
+        "cache_key": key,
+        "encoder": model.spec.to_dict(),
+        "weights_sha256": model.weights_sha256,
+        "weights_source": str(weights) if weights is not None else model.spec.weights,
+        "transform": {
+            "input_size": model.spec.input_size,
+            "interpolation": model.spec.interpolation,
+            "mean": list(model.spec.mean),
+            "std": list(model.spec.std),
+        },
+        "pooling": model.spec.pooling,
+        "tiling": tiling,
+        "tiling_fingerprint": next(iter(fingerprints), ""),
+        "device": device,
+        "versions": package_versions(),
+    }
+    use_amp = device.startswith("cuda") and model.spec.precision in ("fp16", "bf16")
+    amp_dtype = torch.bfloat16 if model.spec.precision == "bf16" else torch.float16
+    total = sum(len(t) for _, t, _ in tables)
+    with (
+        FeatureStoreWriter(out, provenance, dtype=dtype) as writer,
+        tqdm(total=total, desc=f"embed {encoder}", unit="tile", mininterval=5) as bar,
+    ):
+        for path, table, meta in tables:
+            sample = path.name.removesuffix(".parquet")
+            loader = DataLoader(
+                TileDataset(table, meta),
+                batch_size=batch_size,
+                num_workers=num_workers,
+                pin_memory=device.startswith("cuda"),
+                persistent_workers=False,
+            )
+            feats = []
+            t_read = time.perf_counter()
+            for batch in loader:
+                t_fwd = time.perf_counter()
+                timings["read"] += t_fwd - t_read
+                x = batch.to(device, non_blocking=True)
+                with (
+                    torch.inference_mode(),
+                    torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_amp),
+                ):
+                    feats.append(model(x).float().cpu().numpy())
+                t_read = time.perf_counter()
+                timings["forward"] += t_read - t_fwd
+                bar.update(len(x))
+            t_write = time.perf_counter()
+            features = (
+                np.concatenate(feats) if feats else np.zeros((0, model.spec.embed_dim), np.float32)
+            )
+            coords = np.rint(table[["x", "y"]].to_numpy()).astype(np.int64)
+            barcodes = table["barcode"].to_numpy() if "barcode" in table else None
+            writer.add(sample, features, coords, barcodes)
+            timings["write"] += time.perf_counter() - t_write
+        timings["total"] = time.perf_counter() - t0
+        writer.provenance["timings"] = timings
+        writer.provenance["n_tiles"] = total
+    log.info("embedded %d tiles with %s: %s", total, encoder, json.dumps(timings))
+    return writer.provenance

@@ -1,0 +1,203 @@
+"""Building encoders from their specs: ``create_encoder`` is the one entry point.
+
+Weights come from a local file (safetensors or a torch pickle), from a hub id when the machine is
+online (``hf-hub:<id>``), or, for test encoders only, from a seeded random initialisation. The
+sha256 of what was loaded is recorded in every feature store's provenance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from histofuse.encoders.registry import EncoderSpec, get_spec
+from histofuse.errors import HistofuseError
+
+_STRIP_PREFIXES = ("module.", "model.", "trunk.", "backbone.")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Returns the hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_state_dict(module: nn.Module) -> str:
+    """Returns a sha256 over a module's parameter names and bytes (for weights made in memory)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """Reads a checkpoint file into a flat state dict with common wrapper prefixes removed.
+
+    Args:
+        path: A ``.safetensors`` file, or a ``.pth``/``.pt``/``.bin`` torch checkpoint (a state
+            dict, or a dict holding one under ``state_dict`` or ``model``).
+
+    Raises:
+        HistofuseError: If the file is missing or is not a checkpoint.
+    """
+    if not path.is_file():
+        raise HistofuseError(
+            f"weights file {path} does not exist; put the checkpoint there or fix the path "
+            "under `weights:` in the config"
+        )
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise HistofuseError(
+            f"weights file {path} could not be read as a checkpoint: {exc}"
+        ) from exc
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise HistofuseError(f"weights file {path} holds no state dict")
+    cleaned = {}
+    for k, v in state.items():
+        for prefix in _STRIP_PREFIXES:
+            if k.startswith(prefix):
+                k = k[len(prefix) :]
+        cleaned[k] = v
+    return cleaned
+
+
+class Encoder(nn.Module):
+    """A timm trunk with its input transform and pooling.
+
+    ``forward`` takes uint8 tiles (B, H, W, 3) on the model's device and returns pooled features
+    (B, embed_dim): the uint8 → float conversion, resize and normalisation run on the device.
+
+    Attributes:
+        spec: The encoder spec.
+        trunk: The timm model (``num_classes=0``).
+        weights_sha256: sha256 of the loaded weights (file bytes, or state dict bytes for
+            seeded random init).
+    """
+
+    def __init__(self, spec: EncoderSpec, trunk: nn.Module, weights_sha256: str) -> None:
+        super().__init__()
+        self.spec = spec
+        self.trunk = trunk
+        self.weights_sha256 = weights_sha256
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
+
+    def preprocess(self, tiles: torch.Tensor) -> torch.Tensor:
+        """Converts uint8 (B, H, W, 3) tiles to normalised float (B, 3, S, S) inputs."""
+        x = tiles.permute(0, 3, 1, 2).float().div_(255.0)
+        size = self.spec.input_size
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(
+                x,
+                size=(size, size),
+                mode=self.spec.interpolation,
+                antialias=True,
+                align_corners=False,
+            ).clamp_(0.0, 1.0)
+        return (x - self.mean) / self.std
+
+    def pool(self, feats: torch.Tensor) -> torch.Tensor:
+        """Pools ``forward_features`` output into one vector per tile."""
+        pooling = self.spec.pooling
+        if pooling == "avg":
+            return feats.mean(dim=(2, 3)) if feats.ndim == 4 else feats.mean(dim=1)
+        n_prefix = int(getattr(self.trunk, "num_prefix_tokens", 1))
+        cls = feats[:, 0]
+        mean = feats[:, n_prefix:].mean(dim=1)
+        if pooling == "cls":
+            return cls
+        if pooling == "mean":
+            return mean
+        return torch.cat([cls, mean], dim=1)
+
+    def forward(self, tiles: torch.Tensor) -> torch.Tensor:
+        """Embeds a batch of uint8 (B, H, W, 3) tiles into (B, embed_dim) features."""
+        return self.pool(self.trunk.forward_features(self.preprocess(tiles)))
+
+
+def build_trunk(spec: EncoderSpec, device: str | torch.device = "cpu") -> nn.Module:
+    """Builds the timm architecture of a spec without loading weights.
+
+    Args:
+        spec: The encoder spec.
+        device: Where to allocate parameters; ``"meta"`` builds the architecture without memory,
+            which is how parameter counts are checked for encoders whose weights are not here.
+    """
+    with torch.device(device):
+        return timm.create_model(spec.arch, pretrained=False, num_classes=0, **spec.kwargs)
+
+
+def create_encoder(
+    name: str, weights: str | Path | None = None, device: str | torch.device = "cpu"
+) -> Encoder:
+    """Creates a registered encoder with its weights, in eval mode.
+
+    Args:
+        name: Registry id (see ``histofuse encoders``).
+        weights: A local checkpoint file, ``hf-hub:<id>`` (needs the network), or None for the
+            spec's default. Encoders whose default is ``random`` are initialised from their seed;
+            any other encoder needs weights.
+        device: Device to put the model on.
+
+    Returns:
+        The encoder, with ``weights_sha256`` set.
+
+    Raises:
+        HistofuseError: If the encoder is unknown, or its weights are missing or do not fit.
+
+    Example:
+        >>> enc = create_encoder("tiny-vit")
+        >>> enc(torch.zeros(2, 112, 112, 3, dtype=torch.uint8)).shape
+        torch.Size([2, 192])
+    """
+    spec = get_spec(name)
+    source = str(weights) if weights is not None else spec.weights
+    if source.startswith("hf-hub:"):
+        trunk = timm.create_model(source, pretrained=True, num_classes=0, **spec.kwargs)
+        digest = sha256_state_dict(trunk)
+    elif source == "random":
+        if spec.seed is None:
+            raise HistofuseError(f"encoder {name!r} has no seed for a random initialisation")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(spec.seed)
+            trunk = build_trunk(spec)
+        digest = sha256_state_dict(trunk)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise HistofuseError(
+                f"encoder {name!r} needs its weights ({spec.weights}); no file at {path}. "
+                f"Download them and set `weights: {{{name}: /path/to/file}}` in the config"
+            )
+        trunk = build_trunk(spec)
+        state = load_state_dict_file(path)
+        missing, unexpected = trunk.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise HistofuseError(
+                f"weights file {path} does not fit encoder {name!r} ({spec.arch}): "
+                f"{len(missing)} missing keys (e.g. {missing[:3]}), "
+                f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})"
+            )
+        digest = sha256_file(path)
+    encoder = Encoder(spec, trunk, digest).eval().to(device)
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    return encoder

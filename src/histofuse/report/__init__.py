@@ -1,0 +1,1 @@
+"""Report tables built from metrics files alone."""

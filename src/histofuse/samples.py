@@ -1,0 +1,90 @@
+"""The sample sheet: one row per sample, validated, with paths resolved against the sheet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from histofuse.errors import HistofuseError
+
+REQUIRED = ("sample_id", "patient_id", "slide")
+OPTIONAL = ("expression", "mpp")
+
+
+def load_samples(path: str | Path, check_files: bool = True) -> pd.DataFrame:
+    """Reads and validates a sample sheet (TSV).
+
+    Columns: ``sample_id``, ``patient_id``, ``slide`` (required), ``expression`` (``.h5ad``,
+    for spot tasks) and ``mpp`` (a µm/px override) (optional). Relative paths resolve against the
+    sheet's folder.
+
+    Args:
+        path: The sheet.
+        check_files: Whether every referenced file must exist.
+
+    Returns:
+        The table indexed by ``sample_id`` with absolute paths.
+
+    Raises:
+        HistofuseError: Naming the row and column of the first problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise HistofuseError(f"sample sheet {path} does not exist; check `samples:` in the config")
+    try:
+        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise HistofuseError(f"sample sheet {path} is not a readable TSV: {exc}") from exc
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise HistofuseError(
+            f"sample sheet {path} lacks column(s) {', '.join(missing)}; "
+            f"required: {', '.join(REQUIRED)}"
+        )
+    unknown = [c for c in df.columns if c not in REQUIRED + OPTIONAL and not c.startswith("#")]
+    if unknown:
+        raise HistofuseError(
+            f"sample sheet {path} has unknown column(s) {', '.join(unknown)}; "
+            f"allowed: {', '.join(REQUIRED + OPTIONAL)}"
+        )
+    if df.empty:
+        raise HistofuseError(f"sample sheet {path} has no rows")
+    for col in REQUIRED:
+        empty = df.index[df[col].str.strip() == ""]
+        if len(empty):
+            raise HistofuseError(f"sample sheet {path}, row {empty[0] + 2}: `{col}` is empty")
+    dup = df["sample_id"][df["sample_id"].duplicated()]
+    if len(dup):
+        raise HistofuseError(
+            f"sample sheet {path}: duplicate sample_id {dup.iloc[0]!r} (rows "
+            f"{', '.join(str(i + 2) for i in df.index[df['sample_id'] == dup.iloc[0]])})"
+        )
+    bad_id = df["sample_id"][~df["sample_id"].str.fullmatch(r"[A-Za-z0-9._-]+")]
+    if len(bad_id):
+        raise HistofuseError(
+            f"sample sheet {path}: sample_id {bad_id.iloc[0]!r} may only use letters, digits, '.', "
+            "'_' and '-'"
+        )
+    base = path.resolve().parent
+    for col in ("slide", "expression"):
+        if col not in df.columns:
+            continue
+        df[col] = [str((base / v).resolve()) if v else "" for v in df[col]]
+        if check_files:
+            for i, v in zip(df.index, df[col], strict=True):
+                if v and not Path(v).is_file():
+                    raise HistofuseError(
+                        f"sample sheet {path}, row {i + 2} ({df.at[i, 'sample_id']}): "
+                        f"{col} file {v} does not exist"
+                    )
+    if "mpp" in df.columns:
+        mpp = pd.to_numeric(df["mpp"].replace("", None), errors="coerce")
+        bad = df.index[(df["mpp"] != "") & ~(mpp > 0)]
+        if len(bad):
+            raise HistofuseError(
+                f"sample sheet {path}, row {bad[0] + 2}: mpp {df.at[bad[0], 'mpp']!r} must be a "
+                "positive number (µm per level-0 pixel) or empty"
+            )
+        df["mpp"] = mpp
+    return df.set_index("sample_id", drop=False)

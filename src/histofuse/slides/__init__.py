@@ -1,0 +1,1 @@
+"""Slides: opening whole-slide images, µm/px, tiling coordinates and the tile reader."""

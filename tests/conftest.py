@@ -1,0 +1,42 @@
+"""Shared fixtures: a small generated cohort, tiled once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def small_cohort(tmp_path_factory) -> Path:
+    """A 4-slide, 2-patient cohort of 800 × 600 µm slides; returns the sample sheet."""
+    from histofuse.demo import write_demo_cohort
+
+    out = tmp_path_factory.mktemp("cohort")
+    return write_demo_cohort(
+        out, seed=3, n_patients=2, slides_per_patient=2, n_genes=40, width_um=800, height_um=600
+    )
+
+
+@pytest.fixture(scope="session")
+def small_tiles(small_cohort, tmp_path_factory) -> dict[str, Path]:
+    """Spot tiles (56 µm at 1 µm/px) of every sample of the small cohort."""
+    from histofuse.samples import load_samples
+    from histofuse.slides.spec import TilingSpec
+    from histofuse.slides.tiling import tile_spots, write_tiles
+
+    out = tmp_path_factory.mktemp("tiles")
+    sheet = load_samples(small_cohort)
+    spec = TilingSpec(patch_um=56.0, target_mpp=1.0)
+    paths = {}
+    for sample, row in sheet.iterrows():
+        table, meta = tile_spots(row["slide"], row["expression"], spec)
+        meta["sample"] = sample
+        paths[sample] = out / f"{sample}.parquet"
+        write_tiles(table, meta, paths[sample])
+    return paths

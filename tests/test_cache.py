@@ -1,0 +1,100 @@
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+from histofuse.cache.store import (
+    FeatureStoreWriter,
+    manifest_path,
+    open_features,
+    read_manifest,
+    read_provenance,
+)
+from histofuse.errors import HistofuseError
+
+
+def _write(path, key="k1", samples=("A", "B"), dim=8, seed=0):
+    rng = np.random.default_rng(seed)
+    data = {}
+    with FeatureStoreWriter(path, {"cache_key": key, "encoder": {"name": "e"}}) as w:
+        for i, s in enumerate(samples):
+            n = 5 + i
+            f = rng.normal(size=(n, dim)).astype(np.float32)
+            c = rng.integers(0, 1000, size=(n, 2))
+            b = np.array([f"{s}-{j}" for j in range(n)])
+            w.add(s, f, c, b)
+            data[s] = (f, c, b)
+    return data
+
+
+def test_round_trip(tmp_path):
+    store = tmp_path / "enc" / "0000.zarr"
+    data = _write(store)
+    table = open_features([store])
+    x = table.features.compute()
+    assert x.dtype == np.float16
+    expected = np.concatenate([data[s][0] for s in ("A", "B")])
+    np.testing.assert_allclose(x, expected, rtol=1e-3, atol=1e-3)
+    assert table.index["sample"].tolist() == ["A"] * 5 + ["B"] * 6
+    assert table.index["barcode"].tolist()[:2] == ["A-0", "A-1"]
+    assert (
+        table.index[["x", "y"]].to_numpy().tolist()
+        == np.concatenate([data["A"][1], data["B"][1]]).tolist()
+    )
+    man = read_manifest(store)
+    assert man["samples"] == {"A": 5, "B": 6} and man["cache_key"] == "k1"
+    prov = read_provenance(store)
+    assert prov["dtype"] == "float16" and prov["encoder"] == {"name": "e"}
+    assert zarr.open_group(str(store), mode="r").metadata.zarr_format == 3
+
+
+def test_float32_option(tmp_path):
+    store = tmp_path / "s.zarr"
+    with FeatureStoreWriter(store, {"cache_key": "k"}, dtype="float32") as w:
+        w.add("A", np.ones((2, 3)), np.zeros((2, 2)))
+    assert open_features([store]).features.dtype == np.float32
+
+
+def test_failure_mid_write_leaves_nothing(tmp_path):
+    store = tmp_path / "s.zarr"
+    with pytest.raises(RuntimeError), FeatureStoreWriter(store, {"cache_key": "k"}) as w:
+        w.add("A", np.ones((2, 3)), np.zeros((2, 2)))
+        raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_store_without_manifest_is_never_read(tmp_path):
+    store = tmp_path / "s.zarr"
+    _write(store)
+    manifest_path(store).unlink()
+    with pytest.raises(HistofuseError, match="unfinished"):
+        open_features([store])
+
+
+def test_mixed_provenance_is_refused(tmp_path):
+    a, b = tmp_path / "a.zarr", tmp_path / "b.zarr"
+    _write(a, key="k1", samples=("A",))
+    _write(b, key="k2", samples=("B",))
+    with pytest.raises(HistofuseError, match="cache key k2, expected k1"):
+        open_features([a, b])
+    with pytest.raises(HistofuseError, match="expected k9"):
+        open_features([a], cache_key="k9")
+
+
+def test_manifest_disagreeing_with_store_is_refused(tmp_path):
+    store = tmp_path / "s.zarr"
+    _write(store)
+    man = json.loads(manifest_path(store).read_text())
+    man["cache_key"] = "other"
+    manifest_path(store).write_text(json.dumps(man))
+    with pytest.raises(HistofuseError, match="disagrees with its manifest"):
+        open_features([store])
+
+
+def test_mismatched_lengths_rejected(tmp_path):
+    with (
+        pytest.raises(ValueError, match="differ in length"),
+        FeatureStoreWriter(tmp_path / "s.zarr", {"cache_key": "k"}) as w,
+    ):
+        w.add("A", np.ones((3, 2)), np.zeros((2, 2)))

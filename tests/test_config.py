@@ -1,0 +1,84 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from histofuse.config import load_schema, validate_config
+from histofuse.errors import HistofuseError
+from histofuse.plan import Plan
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = load_schema(REPO / "workflow/schemas/config.schema.yaml")
+
+
+def demo_config():
+    return yaml.safe_load((REPO / "config/config.yaml").read_text())
+
+
+def test_demo_config_is_valid_and_gets_defaults():
+    cfg = validate_config(demo_config(), SCHEMA)
+    assert cfg["embed"]["dtype"] == "float16"  # default filled in
+    assert cfg["tasks"]["demo-spots"]["genes"]["list"] is None
+    assert cfg["weights"] == {}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (
+            lambda c: c["tiling"].update(patch_umm=3),
+            r"unknown config key\(s\) 'patch_umm' under `tiling`",
+        ),
+        (lambda c: c.update(encoder=["x"]), r"unknown config key\(s\) 'encoder'"),
+        (lambda c: c["tiling"].update(patch_um="big"), r"config `tiling.patch_um` = 'big'"),
+        (lambda c: c["embed"].update(dtype="int8"), r"config `embed.dtype` is 'int8'"),
+        (lambda c: c.update(tasks={}), r"config `tasks`"),
+        (lambda c: c.pop("encoders"), r"required key.*encoders"),
+        (
+            lambda c: c["tasks"]["demo-spots"]["split"].update(n_folds=1),
+            r"tasks.demo-spots.split.n_folds",
+        ),
+    ],
+)
+def test_bad_config_names_the_key(mutate, message):
+    cfg = demo_config()
+    mutate(cfg)
+    with pytest.raises(HistofuseError, match=message):
+        validate_config(cfg, SCHEMA)
+
+
+def test_not_a_mapping():
+    with pytest.raises(HistofuseError, match="mapping"):
+        validate_config(["a"], SCHEMA)
+
+
+def test_plan_rejects_unknown_encoder_and_stray_sets():
+    cfg = demo_config()
+    cfg["encoders"] = ["tiny-vit", "uni-typo"]
+    with pytest.raises(HistofuseError, match="unknown encoder 'uni-typo'"):
+        Plan.from_config(validate_config(cfg, SCHEMA))
+    cfg = demo_config()
+    cfg["feature_sets"]["concat"] = [["tiny-vit", "tiny-vit-mean"]]
+    with pytest.raises(HistofuseError, match="not in `encoders`"):
+        Plan.from_config(validate_config(cfg, SCHEMA))
+
+
+def test_plan_of_the_demo():
+    plan = Plan.from_config(validate_config(demo_config(), SCHEMA))
+    assert len(plan.samples) == 6 and plan.samples["patient_id"].nunique() == 3
+    assert plan.shards == {"0000": list(plan.samples.index)}
+    assert plan.feature_sets == {
+        "tiny-vit": ["tiny-vit"],
+        "tiny-cnn": ["tiny-cnn"],
+        "tiny-cnn+tiny-vit": ["tiny-cnn", "tiny-vit"],
+    }
+    assert plan.embed_key("tiny-vit") != plan.embed_key("tiny-cnn")
+
+
+def test_shards_are_sheet_order_blocks():
+    cfg = demo_config()
+    cfg["embed"]["shard_size"] = 4
+    plan = Plan.from_config(validate_config(cfg, SCHEMA))
+    ids = list(plan.samples.index)
+    assert plan.shards == {"0000": ids[:4], "0001": ids[4:]}
+    assert plan.shards_of(ids[4:5]) == ["0001"]

@@ -1,0 +1,55 @@
+import pytest
+
+from histofuse.errors import HistofuseError
+from histofuse.samples import load_samples
+
+
+def _sheet(tmp_path, rows, header="sample_id\tpatient_id\tslide\texpression\tmpp"):
+    (tmp_path / "s.tiff").write_bytes(b"x")
+    (tmp_path / "s.h5ad").write_bytes(b"x")
+    p = tmp_path / "samples.tsv"
+    p.write_text(header + "\n" + "\n".join(rows) + "\n")
+    return p
+
+
+def test_relative_paths_resolve_against_the_sheet(tmp_path):
+    df = load_samples(_sheet(tmp_path, ["A\tP1\ts.tiff\ts.h5ad\t0.25", "B\tP1\ts.tiff\t\t"]))
+    assert df.at["A", "slide"] == str((tmp_path / "s.tiff").resolve())
+    assert df.at["A", "mpp"] == 0.25
+    assert df.at["B", "expression"] == ""
+    assert df.at["B", "mpp"] != df.at["B", "mpp"]  # NaN: no override
+
+
+@pytest.mark.parametrize(
+    ("rows", "header", "message"),
+    [
+        (
+            ["A\tP1\ts.tiff\ts.h5ad\t", "A\tP2\ts.tiff\ts.h5ad\t"],
+            None,
+            "duplicate sample_id 'A' \\(rows 2, 3\\)",
+        ),
+        (
+            ["A\tP1\tmissing.tiff\ts.h5ad\t"],
+            None,
+            "row 2 \\(A\\): slide file .*missing.tiff does not exist",
+        ),
+        (["A\tP1\ts.tiff\ts.h5ad\t-1"], None, "row 2: mpp '-1' must be a positive number"),
+        (["A\tP1\ts.tiff"], "sample_id\tpatient\tslide", "lacks column\\(s\\) patient_id"),
+        (
+            ["A\tP1\ts.tiff\tx"],
+            "sample_id\tpatient_id\tslide\tcolour",
+            "unknown column\\(s\\) colour",
+        ),
+        (["A/B\tP1\ts.tiff\ts.h5ad\t"], None, "sample_id 'A/B' may only use"),
+        (["A\t\ts.tiff\ts.h5ad\t"], None, "row 2: `patient_id` is empty"),
+    ],
+)
+def test_bad_sheets_name_the_problem(tmp_path, rows, header, message):
+    kwargs = {"header": header} if header else {}
+    with pytest.raises(HistofuseError, match=message):
+        load_samples(_sheet(tmp_path, rows, **kwargs))
+
+
+def test_missing_sheet(tmp_path):
+    with pytest.raises(HistofuseError, match="sample sheet .*nope.tsv does not exist"):
+        load_samples(tmp_path / "nope.tsv")

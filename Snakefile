@@ -1,0 +1,22 @@
+# histofuse: tile once, embed each encoder once into a Zarr cache, fit many heads, report.
+# All logic lives in the `histofuse` package; rules only wire files to its CLI verbs.
+from snakemake.utils import min_version
+
+min_version("9.11")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/tile.smk"
+include: "workflow/rules/embed.smk"
+include: "workflow/rules/fit.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.report.output,

@@ -1,0 +1,159 @@
+"""End-to-end demo: the Snakemake pipeline vs the same stages called in one Python process.
+
+Both start from the same generated cohort (generation is timed separately). The reference runs
+tile → embed → fit → report as plain function calls, one after another, in this process; the
+pipeline runs them as Snakemake jobs (one CLI process each, 2 cores). ``ratio`` = reference
+seconds ÷ pipeline seconds: the pipeline's throughput relative to a hand-written script, so values
+below 1 measure orchestration overhead and values above 1 the gain from running jobs in parallel.
+Per-stage wall times come from the jobs' ``benchmark:`` files.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _direct(cohort: Path, work: Path, cfg: dict) -> dict[str, float]:
+    from histofuse.embed import embed_shard
+    from histofuse.fit import fit_task
+    from histofuse.plan import feature_set_name
+    from histofuse.report.summary import write_report
+    from histofuse.samples import load_samples
+    from histofuse.slides.spec import TilingSpec
+    from histofuse.slides.tiling import tile_spots, write_tiles
+
+    times: dict[str, float] = {}
+    sheet = load_samples(cohort / "samples.tsv")
+    spec = TilingSpec(patch_um=cfg["tiling"]["patch_um"], target_mpp=cfg["tiling"]["target_mpp"])
+    t = time.perf_counter()
+    tiles = []
+    for sample, row in sheet.iterrows():
+        table, meta = tile_spots(row["slide"], row["expression"], spec)
+        tiles.append(work / "tiles" / f"{sample}.parquet")
+        write_tiles(table, meta, tiles[-1])
+    times["tile"] = time.perf_counter() - t
+    t = time.perf_counter()
+    stores = {}
+    for enc in cfg["encoders"]:
+        stores[enc] = work / "features" / enc / "0000.zarr"
+        embed_shard(tiles, enc, stores[enc], batch_size=cfg["embed"]["batch_size"], device="cpu")
+    times["embed"] = time.perf_counter() - t
+    t = time.perf_counter()
+    sets = [[e] for e in cfg["encoders"]] + cfg["feature_sets"]["concat"]
+    metrics = []
+    for task_name, task in cfg["tasks"].items():
+        for encs in sets:
+            name = feature_set_name(encs)
+            metrics.append(work / "metrics" / f"{name}.parquet")
+            fit_task(
+                task_name,
+                task,
+                cohort / "samples.tsv",
+                [stores[e] for e in encs],
+                name,
+                "hest",
+                {},
+                metrics[-1],
+                work / "pred" / f"{name}.parquet",
+            )
+    times["fit"] = time.perf_counter() - t
+    t = time.perf_counter()
+    write_report(metrics, work / "report")
+    times["report"] = time.perf_counter() - t
+    return times
+
+
+def _stage_seconds(work: Path) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for tsv in (work / "logs" / "benchmark").rglob("*.tsv"):
+        rule = tsv.relative_to(work / "logs" / "benchmark").parts[0]
+        with tsv.open() as f:
+            row = next(csv.DictReader(f, delimiter="\t"))
+        out[rule] = out.get(rule, 0.0) + float(row["s"])
+    return out
+
+
+def run(tmp: Path) -> dict:
+    from histofuse.demo import write_demo_cohort
+
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    d = cfg["demo"]
+    t = time.perf_counter()
+    cohort = tmp / "pipeline" / "resources" / "demo"
+    write_demo_cohort(
+        cohort,
+        seed=d["seed"],
+        n_patients=d["patients"],
+        slides_per_patient=d["slides_per_patient"],
+        n_genes=d["genes"],
+    )
+    generate = time.perf_counter() - t
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(cfg["embed"]["threads"]))
+    direct = _direct(cohort, tmp / "direct", cfg)
+
+    bindir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
+    t = time.perf_counter()
+    subprocess.run(
+        [
+            str(bindir / "snakemake"),
+            "-s",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp / "pipeline"),
+            "--configfile",
+            str(REPO / "config" / "config.yaml"),
+            "--cores",
+            "2",
+            "--quiet",
+            "all",
+        ],
+        check=True,
+        env=env,
+        cwd=tmp / "pipeline",
+    )
+    pipeline = time.perf_counter() - t
+    t = time.perf_counter()
+    subprocess.run(
+        [
+            str(bindir / "snakemake"),
+            "-s",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp / "pipeline"),
+            "--configfile",
+            str(REPO / "config" / "config.yaml"),
+            "--cores",
+            "2",
+            "--quiet",
+            "all",
+        ],
+        check=True,
+        env=env,
+        cwd=tmp / "pipeline",
+    )
+    noop = time.perf_counter() - t
+    stages = _stage_seconds(tmp / "pipeline")
+    shutil.rmtree(tmp / "pipeline", ignore_errors=True)
+    direct_total = sum(direct.values())
+    return {
+        "ratio": direct_total / pipeline,
+        "reference": "the same stages as plain function calls in one process",
+        "pipeline_seconds": pipeline,
+        "reference_seconds": direct_total,
+        "noop_rerun_seconds": noop,
+        "generate_cohort_seconds": generate,
+        "pipeline_stage_seconds": stages,
+        "reference_stage_seconds": direct,
+    }

@@ -1,0 +1,88 @@
+# Parse-time set-up: validate the config, read the sample table once, plan shards and feature sets.
+# Cheap by design: no torch, no slide is opened, nothing is globbed.
+import os
+
+from histofuse.config import load_schema, validate_config
+from histofuse.plan import Plan
+
+config = validate_config(config, load_schema(workflow.source_path("../schemas/config.schema.yaml")))
+PLAN = Plan.from_config(config)
+SAMPLES = PLAN.samples
+
+
+wildcard_constraints:
+    sample=r"[A-Za-z0-9._-]+",
+    encoder=r"[A-Za-z0-9._-]+",
+    shard=r"\d{4}",
+    task=r"[A-Za-z0-9._-]+",
+    features=r"[A-Za-z0-9._+-]+",
+    head=r"[A-Za-z0-9._-]+",
+
+
+def slide_of(wildcards):
+    return SAMPLES.at[wildcards.sample, "slide"]
+
+
+def expression_of(wildcards):
+    return SAMPLES.at[wildcards.sample, "expression"]
+
+
+def mpp_flag(wildcards):
+    mpp = SAMPLES.at[wildcards.sample, "mpp"] if "mpp" in SAMPLES else None
+    return "" if mpp is None or mpp != mpp else f"--mpp {mpp}"
+
+
+def shard_tiles(wildcards):
+    return [f"results/tiles/{s}.parquet" for s in PLAN.shards[wildcards.shard]]
+
+
+def weights_input(wildcards):
+    source = config["weights"].get(wildcards.encoder)
+    return [source] if source and not source.startswith("hf-hub:") else []
+
+
+def weights_flag(wildcards):
+    source = config["weights"].get(wildcards.encoder)
+    return f"--weights {source}" if source else ""
+
+
+def embed_key(wildcards):
+    return PLAN.embed_key(wildcards.encoder)
+
+
+def feature_manifests(wildcards):
+    shards = PLAN.shards_of(PLAN.task_samples(wildcards.task))
+    return [
+        f"results/features/{e}/{s}.manifest.json"
+        for e in PLAN.feature_sets[wildcards.features]
+        for s in shards
+    ]
+
+
+def feature_stores(wildcards):
+    return [m.removesuffix(".manifest.json") + ".zarr" for m in feature_manifests(wildcards)]
+
+
+def task_json(wildcards):
+    import json
+
+    return json.dumps(config["tasks"][wildcards.task], sort_keys=True)
+
+
+def head_params(wildcards):
+    import json
+
+    return json.dumps(config["heads"][wildcards.head] or {}, sort_keys=True)
+
+
+def all_metrics(wildcards=None):
+    return [
+        f"results/metrics/{task}/{features}/{head}.parquet"
+        for task in config["tasks"]
+        for features in PLAN.feature_sets
+        for head in config["heads"]
+    ]
+
+
+def parent_of_first_output(wildcards, output):
+    return os.path.dirname(output[0]) or "."

@@ -1,0 +1,30 @@
+# One job per (encoder, shard): load the model once, embed every tile of the shard's samples into
+# one Zarr store. The manifest, written last, is what downstream rules depend on.
+rule embed:
+    input:
+        tiles=shard_tiles,
+        weights=weights_input,
+    output:
+        store=directory("results/features/{encoder}/{shard}.zarr"),
+        manifest="results/features/{encoder}/{shard}.manifest.json",
+    params:
+        key=embed_key,
+        weights=weights_flag,
+        batch_size=config["embed"]["batch_size"],
+        num_workers=config["embed"]["num_workers"],
+        device=config["embed"]["device"],
+        dtype=config["embed"]["dtype"],
+    threads: config["embed"]["threads"]
+    resources:
+        gpu=config["embed"]["gpu"],
+    benchmark:
+        "logs/benchmark/embed/{encoder}/{shard}.tsv"
+    log:
+        "logs/embed/{encoder}/{shard}.log",
+    conda:
+        "../../envs/histofuse.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} histofuse embed --encoder {wildcards.encoder}"
+        " --tiles {input.tiles:q} --out {output.store:q} {params.weights}"
+        " --batch-size {params.batch_size} --num-workers {params.num_workers}"
+        " --device {params.device} --dtype {params.dtype} > {log:q} 2>&1"

@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -99,14 +98,12 @@ def test_missing_input_file_stops_before_any_job(tmp_path):
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("demo")
-    t0 = time.perf_counter()
-    proc = snakemake(work)
-    return work, proc, time.perf_counter() - t0
+    return work, snakemake(work)
 
 
 @pytest.mark.slow
 def test_demo_end_to_end_report(demo_run):
-    work, _, seconds = demo_run
+    work = demo_run[0]
     summary = pd.read_csv(work / "results/report/summary.csv")
     for col in (
         "task",
@@ -126,16 +123,14 @@ def test_demo_end_to_end_report(demo_run):
     assert (summary["n_folds"] == 3).all() and (summary["n_genes"] == 50).all()
     md = (work / "results/report/summary.md").read_text()
     assert "tiny-cnn+tiny-vit" in md
-    assert seconds < 300
 
 
 @pytest.mark.slow
 def test_second_run_does_nothing_quickly(demo_run):
     work = demo_run[0]
-    t0 = time.perf_counter()
     proc = snakemake(work)
     assert "Nothing to be done" in proc.stdout + proc.stderr
-    assert time.perf_counter() - t0 < 10
+    assert "Execute" not in proc.stdout + proc.stderr
 
 
 @pytest.mark.slow

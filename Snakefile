@@ -16,6 +16,15 @@ include: "workflow/rules/fit.smk"
 include: "workflow/rules/report.smk"
 
 
+onstart:
+    # Record which shard each sample went to, so adding samples never reshuffles finished shards.
+    PLAN.save_registry(SHARD_REGISTRY)
+
+
+localrules:
+    all,
+
+
 rule all:
     default_target: True
     input:

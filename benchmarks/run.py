@@ -45,7 +45,7 @@ def main(names: list[str]) -> int:
             continue
         result.update(
             name=name,
-            seconds=round(time.perf_counter() - t0, 3),
+            bench_seconds=round(time.perf_counter() - t0, 3),
             date=datetime.now(UTC).isoformat(timespec="seconds"),
             machine={
                 "python": platform.python_version(),

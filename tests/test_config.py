@@ -82,3 +82,30 @@ def test_shards_are_sheet_order_blocks():
     ids = list(plan.samples.index)
     assert plan.shards == {"0000": ids[:4], "0001": ids[4:]}
     assert plan.shards_of(ids[4:5]) == ["0001"]
+
+
+def test_shard_assignment_is_append_only(tmp_path):
+    from histofuse.plan import assign_shards, read_registry
+
+    first = assign_shards(["a", "b", "c"], 2, {})
+    assert first == {"0000": ["a", "b"], "0001": ["c"]}
+    known = {s: shard for shard, members in first.items() for s in members}
+    # new samples never join the partial shard 0001: they go to new shards
+    again = assign_shards(["a", "b", "c", "d", "e", "f"], 2, known)
+    assert again == {"0000": ["a", "b"], "0001": ["c"], "0002": ["d", "e"], "0003": ["f"]}
+    # a removed sample leaves its shard smaller; shard ids are never reused
+    assert assign_shards(["a", "c", "g"], 2, known) == {"0000": ["a"], "0001": ["c"], "0002": ["g"]}
+    assert read_registry(tmp_path / "none.tsv") == {}
+
+
+def test_plan_saves_and_reuses_its_registry(tmp_path):
+    cfg = validate_config(demo_config(), SCHEMA)
+    cfg["embed"]["shard_size"] = 4
+    registry = tmp_path / "shards.tsv"
+    plan = Plan.from_config(cfg, registry)
+    plan.save_registry(registry)
+    cfg["demo"]["patients"] = 4
+    grown = Plan.from_config(cfg, registry)
+    assert grown.shards["0000"] == plan.shards["0000"]
+    assert grown.shards["0001"] == plan.shards["0001"]  # the partial shard stays as it was
+    assert grown.shards["0002"] == ["P4-S1", "P4-S2"]

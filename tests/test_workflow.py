@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -147,3 +148,34 @@ def test_new_encoder_schedules_only_its_jobs(demo_run, tmp_path):
     cfg = write_config(tmp_path / "c.yaml", encoders=["tiny-vit", "tiny-cnn", "tiny-vit-mean"])
     counts = job_counts(snakemake(work, "-n", config=cfg).stdout)
     assert counts == {"all": 1, "embed": 1, "fit": 1, "report": 1}
+
+
+@pytest.mark.slow
+def test_shard_registry_is_recorded(demo_run):
+    registry = (demo_run[0] / "results/shards.tsv").read_text().splitlines()
+    assert registry[0] == "sample_id\tshard"
+    assert {line.split("\t")[1] for line in registry[1:]} == {"0000"}
+    assert len(registry) == 1 + 6
+
+
+@pytest.mark.slow
+def test_added_slides_schedule_only_new_shards(demo_run, tmp_path):
+    work = demo_run[0]
+    # a fourth patient: the demo cohort is rewritten, but its existing slides' tiles and the
+    # finished shard are kept (slides are ancient inputs; shard 0000's membership is recorded)
+    cfg = write_config(tmp_path / "c.yaml", **{"demo.patients": 4})
+    proc = snakemake(work, "-n", config=cfg)
+    counts = job_counts(proc.stdout)
+    assert counts == {"all": 1, "demo_cohort": 1, "tile": 2, "embed": 2, "fit": 3, "report": 1}
+    assert "results/features/tiny-vit/0001.zarr" in proc.stdout
+    assert "results/features/tiny-vit/0000.zarr" not in proc.stdout
+
+
+@pytest.mark.slow
+def test_cache_copied_with_mtimes_is_reused(demo_run, tmp_path):
+    work = demo_run[0]
+    copy = tmp_path / "elsewhere"
+    for folder in ("resources", "results"):  # no .snakemake metadata travels
+        shutil.copytree(work / folder, copy / folder, copy_function=shutil.copy2)
+    proc = snakemake(copy, "-n")
+    assert "Nothing to be done" in proc.stdout + proc.stderr

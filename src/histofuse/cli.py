@@ -31,14 +31,40 @@ def _demo_cohort(args: argparse.Namespace) -> None:
 
 
 def _tile(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from histofuse.samples import load_samples
     from histofuse.slides.spec import TilingSpec
     from histofuse.slides.tiling import tile_spots, write_tiles
 
     spec = TilingSpec(mode="spots", patch_um=args.patch_um, target_mpp=args.target_mpp)
-    table, meta = tile_spots(args.slide, args.expression, spec, mpp_override=args.mpp)
-    meta["sample"] = args.sample
-    write_tiles(table, meta, args.out)
-    logging.info("%s: %d spot patches of %d px", args.sample, len(table), spec.patch_px)
+    if args.sheet:
+        if not args.out_dir:
+            raise HistofuseError("tile --sheet needs --out-dir")
+        sheet = load_samples(args.sheet)
+        unknown = sorted(set(args.sample) - set(sheet.index))
+        if unknown:
+            raise HistofuseError(f"samples {unknown} are not in sheet {args.sheet}")
+        jobs = [
+            (
+                s,
+                sheet.at[s, "slide"],
+                sheet.at[s, "expression"],
+                None if sheet.at[s, "mpp"] != sheet.at[s, "mpp"] else sheet.at[s, "mpp"],
+                Path(args.out_dir) / f"{s}.parquet",
+            )
+            for s in args.sample
+        ]
+        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+    else:
+        if len(args.sample) != 1 or not (args.slide and args.expression and args.out):
+            raise HistofuseError("tile needs one --sample with --slide, --expression and --out")
+        jobs = [(args.sample[0], args.slide, args.expression, args.mpp, Path(args.out))]
+    for sample, slide, expression, mpp, out in jobs:
+        table, meta = tile_spots(slide, expression, spec, mpp_override=mpp)
+        meta["sample"] = sample
+        write_tiles(table, meta, out)
+        logging.info("%s: %d spot patches of %d px", sample, len(table), spec.patch_px)
 
 
 def _embed(args: argparse.Namespace) -> None:
@@ -129,14 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--genes", type=int, default=120)
     s.set_defaults(func=_demo_cohort)
 
-    s = sub.add_parser("tile", help="spot-centred patch coordinates of one sample")
-    s.add_argument("--sample", required=True)
-    s.add_argument("--slide", required=True)
-    s.add_argument("--expression", required=True, help=".h5ad with obsm['spatial']")
+    s = sub.add_parser("tile", help="spot-centred patch coordinates of one or more samples")
+    s.add_argument("--sample", action="append", required=True, help="repeat with --sheet")
+    s.add_argument("--sheet", help="sample sheet: tile the given samples into --out-dir")
+    s.add_argument("--out-dir", help="folder of {sample}.parquet files (with --sheet)")
+    s.add_argument("--slide")
+    s.add_argument("--expression", help=".h5ad with obsm['spatial']")
     s.add_argument("--patch-um", type=float, default=112.0)
     s.add_argument("--target-mpp", type=float, default=0.5)
     s.add_argument("--mpp", type=float, default=None, help="µm/px override for this slide")
-    s.add_argument("--out", required=True, help="tiles parquet")
+    s.add_argument("--out", help="tiles parquet (one sample)")
     s.set_defaults(func=_tile)
 
     s = sub.add_parser("embed", help="embed the tiles of a shard with one encoder")

@@ -67,7 +67,8 @@ def embed_shard(
     """Embeds every tile of the given tiles tables with one encoder into one feature store.
 
     Args:
-        tiles: Tiles tables (``results/tiles/{sample}.parquet``), one per sample.
+        tiles: Tiles tables (``results/tiles/{sample}.parquet``), one per sample, or folders of
+            them.
         encoder: Registry id of the encoder.
         out: The store path (``….zarr``); its manifest is written beside it last.
         weights: A weights file or hub id overriding the spec's default.
@@ -92,7 +93,10 @@ def embed_shard(
     t0 = time.perf_counter()
     model = create_encoder(encoder, weights=weights, device=device)
     timings = {"load_model": time.perf_counter() - t0, "read": 0.0, "forward": 0.0, "write": 0.0}
-    tables = [(Path(p), *read_tiles(p)) for p in tiles]
+    files = []
+    for p in map(Path, tiles):
+        files.extend(sorted(p.glob("*.parquet")) if p.is_dir() else [p])
+    tables = [(p, *read_tiles(p)) for p in files]
     fingerprints = {meta["tiling_fingerprint"] for _, _, meta in tables}
     if len(fingerprints) > 1:
         raise HistofuseError(

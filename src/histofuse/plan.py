@@ -39,6 +39,42 @@ def demo_samples(sheet: str | Path, demo: dict[str, Any]) -> pd.DataFrame:
     ).set_index("sample_id", drop=False)
 
 
+def read_registry(path: str | Path | None) -> dict[str, str]:
+    """Reads the shard registry (sample id → shard id); empty if there is none yet."""
+    if path is None or not Path(path).is_file():
+        return {}
+    lines = Path(path).read_text().splitlines()[1:]
+    return dict(line.split("\t")[:2] for line in lines if line.strip())
+
+
+def assign_shards(ids: list[str], size: int, known: dict[str, str]) -> dict[str, list[str]]:
+    """Assigns samples to embed shards, append-only.
+
+    Samples already in the registry keep their shard, so a finished shard's membership never
+    changes when samples are added; new samples fill new shards (numbered after the highest
+    shard ever used) in sheet order. Samples removed from the sheet leave their shard smaller.
+
+    Args:
+        ids: Sample ids in sheet order.
+        size: Samples per new shard.
+        known: Earlier assignments (sample id → shard id).
+
+    Returns:
+        Shard id (``0000``) → sample ids.
+    """
+    shards: dict[str, list[str]] = {}
+    new = []
+    for sample in ids:
+        if sample in known:
+            shards.setdefault(known[sample], []).append(sample)
+        else:
+            new.append(sample)
+    start = max((int(s) for s in known.values()), default=-1) + 1
+    for k, i in enumerate(range(0, len(new), size)):
+        shards[f"{start + k:04d}"] = new[i : i + size]
+    return dict(sorted(shards.items()))
+
+
 @dataclass
 class Plan:
     """The jobs of a workflow run.
@@ -56,8 +92,13 @@ class Plan:
     feature_sets: dict[str, list[str]]
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Plan:
+    def from_config(cls, config: dict[str, Any], registry: str | Path | None = None) -> Plan:
         """Builds the plan from a validated config.
+
+        Args:
+            config: The validated config.
+            registry: The shard registry (``results/shards.tsv``) recording earlier assignments;
+                absent or None on a first run.
 
         Raises:
             HistofuseError: For unknown encoders, feature sets naming encoders that are not
@@ -76,9 +117,8 @@ class Plan:
             samples = demo_samples(sheet, config["demo"])
         else:
             samples = load_samples(sheet)
-        size = config["embed"]["shard_size"]
         ids = list(samples.index)
-        shards = {f"{i // size:04d}": ids[i : i + size] for i in range(0, len(ids), size)}
+        shards = assign_shards(ids, config["embed"]["shard_size"], read_registry(registry))
 
         feature_sets: dict[str, list[str]] = {}
         if config["feature_sets"]["singles"]:
@@ -99,6 +139,19 @@ class Plan:
                     f"config `tasks.{task}.samples` names unknown samples {unknown}"
                 )
         return cls(config=config, samples=samples, shards=shards, feature_sets=feature_sets)
+
+    def save_registry(self, path: str | Path) -> None:
+        """Writes the shard assignment (atomically) so later runs keep it."""
+        import os
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = [f"{s}\t{shard}" for shard, members in self.shards.items() for s in members]
+        old = read_registry(path)
+        rows += [f"{s}\t{shard}" for s, shard in old.items() if s not in self.samples.index]
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text("sample_id\tshard\n" + "\n".join(rows) + "\n")
+        os.replace(tmp, path)
 
     def task_samples(self, task: str) -> list[str]:
         """Sample ids of a task."""

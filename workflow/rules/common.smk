@@ -6,7 +6,8 @@ from histofuse.config import load_schema, validate_config
 from histofuse.plan import Plan
 
 config = validate_config(config, load_schema(workflow.source_path("../schemas/config.schema.yaml")))
-PLAN = Plan.from_config(config)
+SHARD_REGISTRY = "results/shards.tsv"
+PLAN = Plan.from_config(config, SHARD_REGISTRY)
 SAMPLES = PLAN.samples
 
 
@@ -17,6 +18,10 @@ wildcard_constraints:
     task=r"[A-Za-z0-9._-]+",
     features=r"[A-Za-z0-9._+-]+",
     head=r"[A-Za-z0-9._-]+",
+
+
+def shard_sample_flags(wildcards):
+    return " ".join(f"--sample {s}" for s in PLAN.shards[wildcards.shard])
 
 
 def slide_of(wildcards):
@@ -33,6 +38,8 @@ def mpp_flag(wildcards):
 
 
 def shard_tiles(wildcards):
+    if config["tiling"]["jobs"] == "shard":
+        return [f"results/tiles/shards/{wildcards.shard}"]
     return [f"results/tiles/{s}.parquet" for s in PLAN.shards[wildcards.shard]]
 
 

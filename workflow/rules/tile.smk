@@ -1,21 +1,50 @@
-# Spot-centred patch coordinates per sample (coordinates only, never pixels).
-rule tile:
-    input:
-        slide=ancient(slide_of),
-        expression=ancient(expression_of),
-    output:
-        "results/tiles/{sample}.parquet",
-    params:
-        patch_um=config["tiling"]["patch_um"],
-        target_mpp=config["tiling"]["target_mpp"],
-        mpp=mpp_flag,
-    benchmark:
-        "logs/benchmark/tile/{sample}.tsv"
-    log:
-        "logs/tile/{sample}.log",
-    conda:
-        "../../envs/histofuse.yaml"
-    shell:
-        "histofuse tile --sample {wildcards.sample} --slide {input.slide:q}"
-        " --expression {input.expression:q} --patch-um {params.patch_um}"
-        " --target-mpp {params.target_mpp} {params.mpp} --out {output:q} > {log:q} 2>&1"
+# Spot-centred patch coordinates (coordinates only, never pixels), one parquet per sample.
+# `tiling.jobs: sample` runs one job per sample (results/tiles/{sample}.parquet; a failing slide
+# stops only itself); `shard` tiles all samples of an embed shard in one job
+# (results/tiles/shards/{shard}/{sample}.parquet), which keeps the DAG small for many slides.
+if config["tiling"]["jobs"] == "sample":
+
+    rule tile:
+        input:
+            slide=ancient(slide_of),
+            expression=ancient(expression_of),
+        output:
+            "results/tiles/{sample}.parquet",
+        params:
+            patch_um=config["tiling"]["patch_um"],
+            target_mpp=config["tiling"]["target_mpp"],
+            mpp=mpp_flag,
+        benchmark:
+            "logs/benchmark/tile/{sample}.tsv"
+        log:
+            "logs/tile/{sample}.log",
+        conda:
+            "../../envs/histofuse.yaml"
+        shell:
+            "histofuse tile --sample {wildcards.sample} --slide {input.slide:q}"
+            " --expression {input.expression:q} --patch-um {params.patch_um}"
+            " --target-mpp {params.target_mpp} {params.mpp} --out {output:q} > {log:q} 2>&1"
+
+else:
+
+    rule tile_shard:
+        input:
+            # Only the sheet: the sheet's files were checked at parse time, and listing 20k
+            # slide files as inputs would double the DAG's build time at 10k slides.
+            sheet=ancient(config["samples"]),
+        output:
+            directory("results/tiles/shards/{shard}"),
+        params:
+            samples=shard_sample_flags,
+            patch_um=config["tiling"]["patch_um"],
+            target_mpp=config["tiling"]["target_mpp"],
+        benchmark:
+            "logs/benchmark/tile/{shard}.tsv"
+        log:
+            "logs/tile/{shard}.log",
+        conda:
+            "../../envs/histofuse.yaml"
+        shell:
+            "histofuse tile --sheet {input.sheet:q} {params.samples}"
+            " --patch-um {params.patch_um} --target-mpp {params.target_mpp}"
+            " --out-dir {output:q} > {log:q} 2>&1"

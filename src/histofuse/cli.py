@@ -86,7 +86,7 @@ def _encoders(args: argparse.Namespace) -> None:
     for name in list_encoders():
         spec = get_spec(name)
         n_params = spec.n_params
-        if args.count:
+        if args.count or args.json:
             from histofuse.encoders.model import build_trunk
 
             n_params = sum(p.numel() for p in build_trunk(spec, device="meta").parameters())
@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--count",
         action="store_true",
-        help="count parameters from the built architecture (meta device)",
+        help="count parameters from the built architecture (meta device; always on with --json)",
     )
     s.set_defaults(func=_encoders)
     return p

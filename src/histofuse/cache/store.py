@@ -105,7 +105,9 @@ class FeatureStoreWriter:
             shape=features.shape,
             chunks=(rows, max(dim, 1)),
             dtype=self.dtype,
-            compressors=codec,
+            # Float features barely compress (random mantissas); storing them raw makes a whole
+            # read as fast as a plain file read.
+            compressors=None,
         )[...] = features.astype(self.dtype, copy=False)
         group.create_array(
             "coords", shape=coords.shape, chunks=(max(1, n), 2), dtype="int64", compressors=codec

@@ -53,6 +53,7 @@ def _embed(args: argparse.Namespace) -> None:
         num_workers=args.num_workers,
         device=args.device,
         dtype=args.dtype,
+        compile=args.compile,
     )
 
 
@@ -148,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-workers", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    s.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
     s.set_defaults(func=_embed)
 
     s = sub.add_parser("fit", help="fit one head on one feature set for one task")

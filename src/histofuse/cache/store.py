@@ -77,6 +77,9 @@ class FeatureStoreWriter:
         import zarr
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Leftovers of killed jobs for this store: never read (no manifest), removed here.
+        for stale in self.path.parent.glob(f".{self.path.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         self._root = zarr.open_group(str(self._tmp), mode="w", zarr_format=3)
         return self
 

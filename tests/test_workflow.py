@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -179,3 +180,65 @@ def test_cache_copied_with_mtimes_is_reused(demo_run, tmp_path):
         shutil.copytree(work / folder, copy / folder, copy_function=shutil.copy2)
     proc = snakemake(copy, "-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def _save_weights(path: Path, seed: int) -> None:
+    import torch
+
+    from histofuse.encoders.model import build_trunk
+    from histofuse.encoders.registry import get_spec
+
+    torch.manual_seed(seed)
+    torch.save(build_trunk(get_spec("tiny-cnn")).state_dict(), path)
+
+
+@pytest.mark.slow
+def test_weights_and_pooling_changes_recompute_only_affected_stores(demo_run, tmp_path):
+    import shutil
+
+    from histofuse.cache.store import read_provenance
+    from histofuse.encoders.model import sha256_file
+
+    work = tmp_path / "work"
+    shutil.copytree(demo_run[0], work, symlinks=True)
+    assert "Nothing to be done" in snakemake(work, "-n").stdout
+    weights = tmp_path / "tiny-cnn.pth"
+    _save_weights(weights, seed=1)
+    cfg = write_config(tmp_path / "c.yaml", weights={"tiny-cnn": str(weights)})
+    # new weights: only tiny-cnn's store and the heads reading it
+    assert job_counts(snakemake(work, "-n", config=cfg).stdout) == {
+        "all": 1,
+        "embed": 1,
+        "fit": 2,
+        "report": 1,
+    }
+    snakemake(work, config=cfg)
+    store = work / "results/features/tiny-cnn/0000.zarr"
+    assert read_provenance(store)["weights_sha256"] == sha256_file(weights)
+    vit_before = (work / "results/features/tiny-vit/0000.manifest.json").stat().st_mtime_ns
+    assert "Nothing to be done" in snakemake(work, "-n", config=cfg).stdout
+    # the same file rewritten with other weights (another hash) recomputes the same store only
+    time.sleep(1)
+    _save_weights(weights, seed=2)
+    assert job_counts(snakemake(work, "-n", config=cfg).stdout) == {
+        "all": 1,
+        "embed": 1,
+        "fit": 2,
+        "report": 1,
+    }
+    snakemake(work, config=cfg)
+    assert read_provenance(store)["weights_sha256"] == sha256_file(weights)
+    assert (work / "results/features/tiny-vit/0000.manifest.json").stat().st_mtime_ns == vit_before
+    # another pooling of the same network is another store; tiny-cnn's is kept
+    cfg2 = write_config(
+        tmp_path / "c2.yaml",
+        encoders=["tiny-vit-mean", "tiny-cnn"],
+        weights={"tiny-cnn": str(weights)},
+        **{"feature_sets.concat": [["tiny-vit-mean", "tiny-cnn"]]},
+    )
+    assert job_counts(snakemake(work, "-n", config=cfg2).stdout) == {
+        "all": 1,
+        "embed": 1,
+        "fit": 2,
+        "report": 1,
+    }

@@ -79,6 +79,7 @@ def _embed(args: argparse.Namespace) -> None:
         num_workers=args.num_workers,
         device=args.device,
         dtype=args.dtype,
+        compile=args.compile,
     )
 
 
@@ -112,7 +113,7 @@ def _encoders(args: argparse.Namespace) -> None:
     for name in list_encoders():
         spec = get_spec(name)
         n_params = spec.n_params
-        if args.count:
+        if args.count or args.json:
             from histofuse.encoders.model import build_trunk
 
             n_params = sum(p.numel() for p in build_trunk(spec, device="meta").parameters())
@@ -176,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-workers", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    s.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
     s.set_defaults(func=_embed)
 
     s = sub.add_parser("fit", help="fit one head on one feature set for one task")
@@ -200,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--count",
         action="store_true",
-        help="count parameters from the built architecture (meta device)",
+        help="count parameters from the built architecture (meta device; always on with --json)",
     )
     s.set_defaults(func=_encoders)
     return p

@@ -54,6 +54,54 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def amp_settings(spec: Any, device: str) -> tuple[bool, Any]:
+    """Returns (autocast on?, autocast dtype) for a spec on a device: the spec's precision on CUDA.
+
+    Args:
+        spec: The encoder spec (``precision`` is ``fp32``, ``fp16`` or ``bf16``).
+        device: The resolved device.
+    """
+    import torch
+
+    use_amp = device.startswith("cuda") and spec.precision in ("fp16", "bf16")
+    return use_amp, torch.bfloat16 if spec.precision == "bf16" else torch.float16
+
+
+def forward_with_backoff(model: Any, x: Any, state: dict[str, int]) -> np.ndarray:
+    """Embeds a batch, halving the sub-batch size on CUDA out-of-memory until it fits.
+
+    Args:
+        model: The encoder (or its compiled wrapper).
+        x: A uint8 batch (B, H, W, 3) on the model's device.
+        state: ``{"batch_size": n}``; lowered in place when memory runs out, so later batches
+            start at the size that fitted.
+
+    Returns:
+        Float32 features (B, D) on the host.
+
+    Raises:
+        torch.OutOfMemoryError: If a single tile does not fit.
+    """
+    import torch
+
+    out = []
+    i = 0
+    while i < len(x):
+        step = max(1, min(state["batch_size"], len(x) - i))
+        try:
+            out.append(model(x[i : i + step]).float().cpu().numpy())
+        except torch.OutOfMemoryError:
+            if step == 1:
+                raise
+            state["batch_size"] = step // 2
+            log.warning("out of memory at batch size %d; retrying at %d", step, step // 2)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        i += step
+    return np.concatenate(out)
+
+
 def embed_shard(
     tiles: Sequence[str | Path],
     encoder: str,
@@ -63,6 +111,7 @@ def embed_shard(
     num_workers: int = 0,
     device: str = "auto",
     dtype: str = "float16",
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Embeds every tile of the given tiles tables with one encoder into one feature store.
 
@@ -76,6 +125,7 @@ def embed_shard(
         num_workers: DataLoader worker processes reading tiles.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         dtype: Feature dtype on disk.
+        compile: Wrap the model in ``torch.compile``.
 
     Returns:
         The store's provenance.
@@ -124,9 +174,14 @@ def embed_shard(
         "device": device,
         "versions": package_versions(),
     }
-    use_amp = device.startswith("cuda") and model.spec.precision in ("fp16", "bf16")
-    amp_dtype = torch.bfloat16 if model.spec.precision == "bf16" else torch.float16
+    use_amp, amp_dtype = amp_settings(model.spec, device)
+    channels_last = model.spec.pooling == "avg"  # CNN trunks run faster in NHWC
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if compile else model
+    timings["transfer"] = 0.0
     total = sum(len(t) for _, t, _ in tables)
+    state = {"batch_size": batch_size}
     with (
         FeatureStoreWriter(out, provenance, dtype=dtype) as writer,
         tqdm(total=total, desc=f"embed {encoder}", unit="tile", mininterval=5) as bar,
@@ -143,14 +198,16 @@ def embed_shard(
             feats = []
             t_read = time.perf_counter()
             for batch in loader:
-                t_fwd = time.perf_counter()
-                timings["read"] += t_fwd - t_read
+                t_move = time.perf_counter()
+                timings["read"] += t_move - t_read
                 x = batch.to(device, non_blocking=True)
+                t_fwd = time.perf_counter()
+                timings["transfer"] += t_fwd - t_move
                 with (
                     torch.inference_mode(),
                     torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_amp),
                 ):
-                    feats.append(model(x).float().cpu().numpy())
+                    feats.append(forward_with_backoff(forward, x, state))
                 t_read = time.perf_counter()
                 timings["forward"] += t_read - t_fwd
                 bar.update(len(x))
@@ -165,5 +222,6 @@ def embed_shard(
         timings["total"] = time.perf_counter() - t0
         writer.provenance["timings"] = timings
         writer.provenance["n_tiles"] = total
+        writer.provenance["batch_size"] = {"requested": batch_size, "used": state["batch_size"]}
     log.info("embedded %d tiles with %s: %s", total, encoder, json.dumps(timings))
     return writer.provenance

@@ -77,6 +77,9 @@ class FeatureStoreWriter:
         import zarr
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Leftovers of killed jobs for this store: never read (no manifest), removed here.
+        for stale in self.path.parent.glob(f".{self.path.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         self._root = zarr.open_group(str(self._tmp), mode="w", zarr_format=3)
         return self
 
@@ -105,7 +108,9 @@ class FeatureStoreWriter:
             shape=features.shape,
             chunks=(rows, max(dim, 1)),
             dtype=self.dtype,
-            compressors=codec,
+            # Float features barely compress (random mantissas); storing them raw makes a whole
+            # read as fast as a plain file read.
+            compressors=None,
         )[...] = features.astype(self.dtype, copy=False)
         group.create_array(
             "coords", shape=coords.shape, chunks=(max(1, n), 2), dtype="int64", compressors=codec

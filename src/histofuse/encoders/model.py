@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from histofuse.encoders.layers import resolve_kwargs
 from histofuse.encoders.registry import EncoderSpec, get_spec
 from histofuse.errors import HistofuseError
 
@@ -79,6 +80,77 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     return cleaned
 
 
+_HF_BLOCK = {
+    "attention.output.dense": "attn.proj",
+    "intermediate.dense": "mlp.fc1",
+    "output.dense": "mlp.fc2",
+    "layernorm_before": "norm1",
+    "layernorm_after": "norm2",
+    "norm1": "norm1",
+    "norm2": "norm2",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+    "mlp.weights_in": "mlp.fc1",
+    "mlp.weights_out": "mlp.fc2",
+    "layer_scale1.lambda1": "ls1.gamma",
+    "layer_scale2.lambda1": "ls2.gamma",
+}
+
+
+def remap_hf_vit(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Maps Hugging Face ``ViTModel``/``Dinov2Model`` keys to timm ``VisionTransformer`` keys.
+
+    Separate query/key/value projections are concatenated into timm's fused ``qkv``; the mask
+    token and the pooler, which timm's trunk does not have, are dropped. Keys already in timm
+    form pass through unchanged.
+
+    Args:
+        state: A state dict with HF keys (an optional ``vit.``/``dinov2.`` prefix is removed).
+
+    Returns:
+        The state dict with timm keys.
+    """
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        for prefix in ("vit.", "dinov2."):
+            key = key.removeprefix(prefix)
+        if key.startswith(("pooler.", "embeddings.mask_token")):
+            continue
+        if key == "embeddings.cls_token":
+            out["cls_token"] = value
+        elif key == "embeddings.register_tokens":
+            out["reg_token"] = value
+        elif key == "embeddings.position_embeddings":
+            out["pos_embed"] = value
+        elif key.startswith("embeddings.patch_embeddings.projection."):
+            out["patch_embed.proj." + key.rsplit(".", 1)[1]] = value
+        elif key.startswith("layernorm."):
+            out["norm." + key.rsplit(".", 1)[1]] = value
+        elif key.startswith("encoder.layer."):
+            idx, rest = key.removeprefix("encoder.layer.").split(".", 1)
+            block = int(idx)
+            name, kind = rest.rsplit(".", 1)
+            if name.startswith("attention.attention."):
+                qkv.setdefault((block, kind), {})[name.rsplit(".", 1)[1]] = value
+            elif name in _HF_BLOCK:
+                out[f"blocks.{block}.{_HF_BLOCK[name]}.{kind}"] = value
+            elif rest in _HF_BLOCK:
+                out[f"blocks.{block}.{_HF_BLOCK[rest]}"] = value
+            else:
+                out[key] = value
+        else:
+            out[key] = value
+    for (block, kind), parts in qkv.items():
+        out[f"blocks.{block}.attn.qkv.{kind}"] = torch.cat(
+            [parts["query"], parts["key"], parts["value"]], dim=0
+        )
+    return out
+
+
+KEY_MAPPERS = {"hf-vit": remap_hf_vit}
+
+
 class Encoder(nn.Module):
     """A timm trunk with its input transform and pooling.
 
@@ -104,21 +176,35 @@ class Encoder(nn.Module):
         """Converts uint8 (B, H, W, 3) tiles to normalised float (B, 3, S, S) inputs."""
         x = tiles.permute(0, 3, 1, 2).float().div_(255.0)
         size = self.spec.input_size
-        if x.shape[-2:] != (size, size):
+        resize = self.spec.resize or size
+        if x.shape[-2:] != (resize, resize):
             x = F.interpolate(
                 x,
-                size=(size, size),
+                size=(resize, resize),
                 mode=self.spec.interpolation,
                 antialias=True,
                 align_corners=False,
             ).clamp_(0.0, 1.0)
+        if resize != size:
+            top = (resize - size) // 2
+            x = x[:, :, top : top + size, top : top + size]
         return (x - self.mean) / self.std
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Runs the trunk on normalised inputs; returns tokens or the last feature map."""
+        if hasattr(self.trunk, "forward_features"):
+            return self.trunk.forward_features(x)
+        out = self.trunk(x)  # timm features_only nets return a list of feature maps
+        return out[-1] if isinstance(out, list | tuple) else out
 
     def pool(self, feats: torch.Tensor) -> torch.Tensor:
         """Pools ``forward_features`` output into one vector per tile."""
         pooling = self.spec.pooling
         if pooling == "avg":
-            return feats.mean(dim=(2, 3)) if feats.ndim == 4 else feats.mean(dim=1)
+            if feats.ndim == 4:  # NCHW maps (CNNs) or NHWC maps (Swin)
+                nhwc = feats.shape[-1] == self.spec.embed_dim and feats.shape[1] != feats.shape[-1]
+                return feats.mean(dim=(1, 2)) if nhwc else feats.mean(dim=(2, 3))
+            return feats.mean(dim=1)
         n_prefix = int(getattr(self.trunk, "num_prefix_tokens", 1))
         cls = feats[:, 0]
         mean = feats[:, n_prefix:].mean(dim=1)
@@ -130,7 +216,7 @@ class Encoder(nn.Module):
 
     def forward(self, tiles: torch.Tensor) -> torch.Tensor:
         """Embeds a batch of uint8 (B, H, W, 3) tiles into (B, embed_dim) features."""
-        return self.pool(self.trunk.forward_features(self.preprocess(tiles)))
+        return self.pool(self.features(self.preprocess(tiles)))
 
 
 def build_trunk(spec: EncoderSpec, device: str | torch.device = "cpu") -> nn.Module:
@@ -141,8 +227,9 @@ def build_trunk(spec: EncoderSpec, device: str | torch.device = "cpu") -> nn.Mod
         device: Where to allocate parameters; ``"meta"`` builds the architecture without memory,
             which is how parameter counts are checked for encoders whose weights are not here.
     """
+    kwargs = resolve_kwargs(spec.kwargs)
     with torch.device(device):
-        return timm.create_model(spec.arch, pretrained=False, num_classes=0, **spec.kwargs)
+        return timm.create_model(spec.arch, pretrained=False, num_classes=0, **kwargs)
 
 
 def create_encoder(
@@ -171,7 +258,8 @@ def create_encoder(
     spec = get_spec(name)
     source = str(weights) if weights is not None else spec.weights
     if source.startswith("hf-hub:"):
-        trunk = timm.create_model(source, pretrained=True, num_classes=0, **spec.kwargs)
+        kwargs = resolve_kwargs(spec.kwargs)
+        trunk = timm.create_model(source, pretrained=True, num_classes=0, **kwargs)
         digest = sha256_state_dict(trunk)
     elif source == "random":
         if spec.seed is None:
@@ -187,9 +275,16 @@ def create_encoder(
                 f"encoder {name!r} needs its weights ({spec.weights}); no file at {path}. "
                 f"Download them and set `weights: {{{name}: /path/to/file}}` in the config"
             )
-        trunk = build_trunk(spec)
         state = load_state_dict_file(path)
-        missing, unexpected = trunk.load_state_dict(state, strict=False)
+        if spec.key_map is not None:
+            state = KEY_MAPPERS[spec.key_map](state)
+        # Build without memory and take the checkpoint's tensors: no random init of a large
+        # model just to overwrite it. Models with computed buffers (Swin's relative position
+        # index) are built for real instead.
+        trunk = build_trunk(spec, device="meta")
+        if any(b.is_meta for n, b in trunk.named_buffers() if n not in trunk.state_dict()):
+            trunk = build_trunk(spec)
+        missing, unexpected = trunk.load_state_dict(state, strict=False, assign=True)
         if missing or unexpected:
             raise HistofuseError(
                 f"weights file {path} does not fit encoder {name!r} ({spec.arch}): "

@@ -20,6 +20,13 @@ from histofuse.errors import HistofuseError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF_MEAN = (0.5, 0.5, 0.5)
+HALF_STD = (0.5, 0.5, 0.5)
+HOPTIMUS_MEAN = (0.707223, 0.578729, 0.703617)
+HOPTIMUS_STD = (0.211883, 0.230117, 0.177517)
+HIBOU_MEAN = (0.7068, 0.5755, 0.722)
+HIBOU_STD = (0.195, 0.2316, 0.1816)
+KEY_MAPS = ("hf-vit",)
 
 POOLINGS = ("cls", "mean", "cls+mean", "avg")
 
@@ -36,15 +43,21 @@ class EncoderSpec:
         pooling: ``cls`` (class token), ``mean`` (mean of patch tokens), ``cls+mean`` (both,
             concatenated) for token models; ``avg`` (global average pool) for CNN feature maps.
         embed_dim: Output dimension after pooling.
-        input_size: Square input size in pixels the tiles are resized to.
+        input_size: Square input size in pixels the model sees.
+        resize: If set, tiles are first resized to this size and then centre-cropped to
+            ``input_size`` (e.g. 256 → 224); if None, tiles are resized straight to
+            ``input_size``.
         interpolation: Resize interpolation (``bilinear`` or ``bicubic``), antialiased.
         mean: Per-channel normalisation mean on the [0, 1] scale.
         std: Per-channel normalisation std on the [0, 1] scale.
         precision: Recommended autocast precision on CUDA (``fp32``, ``fp16`` or ``bf16``).
-        n_params: Published parameter count of the trunk, or None if not published.
+        n_params: Published parameter count of what :func:`build_trunk` builds (see the
+            description where the published figure refers to a larger model).
         weights: Where the published weights live (``hf-hub:<id>``, a file name, or
             ``random`` for seeded test encoders that have no weights).
         seed: Seed of the random initialisation, used only when ``weights == "random"``.
+        key_map: How a published checkpoint's keys map to timm's: None (already timm keys) or
+            ``hf-vit`` (Hugging Face ``ViTModel``/``Dinov2Model`` naming).
         description: One line for ``histofuse encoders``.
     """
 
@@ -54,6 +67,7 @@ class EncoderSpec:
     pooling: str = "cls"
     kwargs: dict[str, Any] = field(default_factory=dict)
     input_size: int = 224
+    resize: int | None = None
     interpolation: str = "bilinear"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -61,11 +75,16 @@ class EncoderSpec:
     n_params: int | None = None
     weights: str = "random"
     seed: int | None = None
+    key_map: str | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
             raise ValueError(f"encoder {self.name!r}: pooling must be one of {POOLINGS}")
+        if self.key_map not in (None, *KEY_MAPS):
+            raise ValueError(f"encoder {self.name!r}: key_map must be None or one of {KEY_MAPS}")
+        if self.resize is not None and self.resize < self.input_size:
+            raise ValueError(f"encoder {self.name!r}: resize must be >= input_size")
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the spec as JSON-serialisable plain data."""

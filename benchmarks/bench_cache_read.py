@@ -1,0 +1,66 @@
+"""Full read of one encoder's features from the Zarr cache vs ``np.load`` of the same array.
+
+Writes one feature store of several samples (float16, the default) with
+:class:`histofuse.cache.FeatureStoreWriter`, and the same concatenated array with ``np.save``.
+The cache read is :func:`histofuse.cache.open_features` followed by ``.compute()``; the
+reference is ``np.load``. ``ratio`` = cache read throughput ÷ ``np.load`` throughput. Also
+reports the store's size on disk against the raw float32 array.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+N_SAMPLES = 8
+N_TILES = 4000  # per sample
+DIM = 1024
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def run(tmp: Path) -> dict[str, Any]:
+    """Measures cache read vs ``np.load``; returns ``ratio`` = cache ÷ np.load throughput."""
+    from histofuse.cache.store import FeatureStoreWriter, open_features
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.normal(size=(N_TILES, DIM)).astype(np.float32) for _ in range(N_SAMPLES)]
+    store = tmp / "enc" / "0000.zarr"
+    with FeatureStoreWriter(store, {"cache_key": "bench"}) as w:
+        for i, a in enumerate(arrays):
+            w.add(f"S{i}", a, np.zeros((N_TILES, 2), np.int64))
+    full16 = np.concatenate(arrays).astype(np.float16)
+    npy = tmp / "features.npy"
+    np.save(npy, full16)
+
+    def cache_read() -> np.ndarray:
+        return open_features([store]).features.compute()
+
+    def np_read() -> np.ndarray:
+        return np.load(npy)
+
+    assert np.array_equal(cache_read(), full16)
+    times = {}
+    for name, fn in (("cache", cache_read), ("np_load", np_read)):
+        best = float("inf")
+        for _ in range(5):
+            t = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t)
+        times[name] = best
+    raw32 = N_SAMPLES * N_TILES * DIM * 4
+    return {
+        "shape": [N_SAMPLES * N_TILES, DIM],
+        "dtype": "float16",
+        "cache_read_s": round(times["cache"], 4),
+        "np_load_s": round(times["np_load"], 4),
+        "ratio": times["np_load"] / times["cache"],
+        "store_bytes": _size(store),
+        "raw_float32_bytes": raw32,
+        "size_vs_raw_float32": _size(store) / raw32,
+    }

@@ -61,7 +61,10 @@ def test_cached_features_equal_a_direct_forward(stores, small_tiles):
 
 
 def test_fit_writes_per_fold_gene_metrics(stores, small_cohort, tmp_path):
-    task = {"genes": {"top_k": 10}, "split": {"scheme": "patient-kfold", "n_folds": 5}}
+    task = {
+        "genes": {"top_k": 10, "select_on": "all"},
+        "split": {"scheme": "patient-kfold", "n_folds": 5},
+    }
     m = fit_task(
         "t",
         task,
@@ -73,6 +76,9 @@ def test_fit_writes_per_fold_gene_metrics(stores, small_cohort, tmp_path):
         tmp_path / "m.parquet",
         tmp_path / "p.parquet",
     )
+    assert set(m["protocol"]) == {"hest-pooled", "per-sample"}
+    assert (m.loc[m["protocol"] == "hest-pooled", "sample"] == "").all()
+    m = m[m["protocol"] == "hest-pooled"]
     assert m["fold"].nunique() == 2  # two patients → two folds
     assert m.groupby("fold")["gene"].nunique().eq(10).all()
     assert m["pearson"].notna().all() and m["pearson"].between(-1, 1).all()

@@ -66,7 +66,8 @@ def test_lint_is_clean():
 def test_dry_run_plans_the_demo(tmp_path):
     proc = snakemake(tmp_path, "-n")
     counts = job_counts(proc.stdout)
-    assert counts == {"all": 1, "demo_cohort": 1, "embed": 2, "fit": 3, "report": 1, "tile": 6}
+    # fit: hest and linear on 3 feature sets + 7 fusion heads on the concatenation only
+    assert counts == {"all": 1, "demo_cohort": 1, "embed": 2, "fit": 13, "report": 1, "tile": 6}
     assert not (tmp_path / "results").exists()
 
 
@@ -118,8 +119,13 @@ def test_demo_end_to_end_report(demo_run):
         "n_genes",
     ):
         assert col in summary.columns
-    assert sorted(summary["features"]) == ["tiny-cnn", "tiny-cnn+tiny-vit", "tiny-vit"]
-    assert (summary["task"] == "demo-spots").all() and (summary["head"] == "hest").all()
+    assert sorted(set(summary["features"])) == ["tiny-cnn", "tiny-cnn+tiny-vit", "tiny-vit"]
+    fused = summary[summary["features"] == "tiny-cnn+tiny-vit"]
+    assert {"concat", "self-attn-released", "token-attn", "gated"} <= set(fused["head"])
+    assert set(summary[summary["features"] == "tiny-vit"]["head"]) == {"hest", "linear"}
+    assert set(summary["protocol"]) == {"hest-pooled", "per-sample"}
+    summary = summary[summary["protocol"] == "hest-pooled"]
+    assert (summary["task"] == "demo-spots").all()
     assert summary["pearson_mean"].between(0.05, 1).all()  # finite and informative
     assert summary["pearson_std"].ge(0).all()
     assert (summary["n_folds"] == 3).all() and (summary["n_genes"] == 50).all()
@@ -148,7 +154,7 @@ def test_new_encoder_schedules_only_its_jobs(demo_run, tmp_path):
     work = demo_run[0]
     cfg = write_config(tmp_path / "c.yaml", encoders=["tiny-vit", "tiny-cnn", "tiny-vit-mean"])
     counts = job_counts(snakemake(work, "-n", config=cfg).stdout)
-    assert counts == {"all": 1, "embed": 1, "fit": 1, "report": 1}
+    assert counts == {"all": 1, "embed": 1, "fit": 2, "report": 1}  # hest and linear
 
 
 @pytest.mark.slow
@@ -167,7 +173,7 @@ def test_added_slides_schedule_only_new_shards(demo_run, tmp_path):
     cfg = write_config(tmp_path / "c.yaml", **{"demo.patients": 4})
     proc = snakemake(work, "-n", config=cfg)
     counts = job_counts(proc.stdout)
-    assert counts == {"all": 1, "demo_cohort": 1, "tile": 2, "embed": 2, "fit": 3, "report": 1}
+    assert counts == {"all": 1, "demo_cohort": 1, "tile": 2, "embed": 2, "fit": 13, "report": 1}
     assert "results/features/tiny-vit/0001.zarr" in proc.stdout
     assert "results/features/tiny-vit/0000.zarr" not in proc.stdout
 
@@ -204,7 +210,8 @@ def test_weights_and_pooling_changes_recompute_only_affected_stores(demo_run, tm
     assert "Nothing to be done" in snakemake(work, "-n").stdout
     weights = tmp_path / "tiny-cnn.pth"
     _save_weights(weights, seed=1)
-    cfg = write_config(tmp_path / "c.yaml", weights={"tiny-cnn": str(weights)})
+    # only the HEST probe, so the reruns below stay short
+    cfg = write_config(tmp_path / "c.yaml", weights={"tiny-cnn": str(weights)}, heads={"hest": {}})
     # new weights: only tiny-cnn's store and the heads reading it
     assert job_counts(snakemake(work, "-n", config=cfg).stdout) == {
         "all": 1,
@@ -234,6 +241,7 @@ def test_weights_and_pooling_changes_recompute_only_affected_stores(demo_run, tm
         tmp_path / "c2.yaml",
         encoders=["tiny-vit-mean", "tiny-cnn"],
         weights={"tiny-cnn": str(weights)},
+        heads={"hest": {}},
         **{"feature_sets.concat": [["tiny-vit-mean", "tiny-cnn"]]},
     )
     assert job_counts(snakemake(work, "-n", config=cfg2).stdout) == {

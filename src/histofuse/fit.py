@@ -22,25 +22,29 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TASK: dict[str, Any] = {
     "samples": None,
-    "genes": {"top_k": 50, "list": None},
+    "genes": {"top_k": 50, "list": None, "select_on": "train"},
     "transform": "log1p",
     "split": {"scheme": "patient-kfold", "n_folds": 5},
     "seed": 1,
+    "seeds": None,
 }
+PROTOCOLS = ("hest-pooled", "per-sample")
 
 
 def load_feature_set(
-    stores: Sequence[str | Path], samples: list[str]
-) -> tuple[np.ndarray, pd.DataFrame, list[str]]:
+    stores: Sequence[str | Path], samples: list[str], with_blocks: bool = False
+) -> Any:
     """Loads and concatenates (along features) the cached features of one or more encoders.
 
     Args:
         stores: Store paths; grouped by the encoder recorded in each store's provenance.
         samples: Samples to keep.
+        with_blocks: Also return the per-encoder feature widths.
 
     Returns:
-        Features (N, sum of dims) as float32, the index (``sample, barcode, x, y``), and the
-        encoder names in concatenation order (sorted).
+        Features (N, sum of dims) as float32, the index (``sample, barcode, x, y``), the
+        encoder names in concatenation order (sorted), and with ``with_blocks`` the feature
+        width of each encoder in that order (so a fusion head can split ``X``).
 
     Raises:
         HistofuseError: If the encoders do not cover the same tiles.
@@ -72,7 +76,10 @@ def load_feature_set(
                 )
             x = x[pos]
         blocks.append(x)
-    return np.concatenate(blocks, axis=1), index, encoders
+    x = np.concatenate(blocks, axis=1)
+    if with_blocks:
+        return x, index, encoders, [b.shape[1] for b in blocks]
+    return x, index, encoders
 
 
 def fit_task(
@@ -88,12 +95,15 @@ def fit_task(
 ) -> pd.DataFrame:
     """Runs one head over all folds of a spot-level task and writes metrics and predictions.
 
+    Metrics are written for two protocols: ``hest-pooled`` (per gene over all test spots of the
+    fold; ``sample`` is empty) and ``per-sample`` (per gene within each test sample).
+
     Returns:
-        The per-(fold, gene) metrics table that was written.
+        The per-(seed, fold, protocol, sample, gene) metrics table that was written.
     """
-    from histofuse.data.expression import read_counts, top_variable_genes, transform_counts
+    from histofuse.data.expression import read_counts, transform_counts
     from histofuse.evaluation.metrics import per_gene_metrics
-    from histofuse.evaluation.splits import patient_splits
+    from histofuse.evaluation.splits import task_splits
     from histofuse.heads.probes import make_head
     from histofuse.samples import load_samples
 
@@ -108,7 +118,7 @@ def fit_task(
     if no_expr:
         raise HistofuseError(f"task {task_name!r}: samples without an expression file: {no_expr}")
 
-    x, index, encoders = load_feature_set(stores, names)
+    x, index, encoders, widths = load_feature_set(stores, names, with_blocks=True)
     missing = sorted(set(names) - set(index["sample"]))
     if missing:
         raise HistofuseError(f"task {task_name!r}: no cached features for samples {missing}")
@@ -126,51 +136,55 @@ def fit_task(
     order = np.concatenate([np.flatnonzero(index["sample"] == s) for s in names])
     x, index = x[order], index.iloc[order].reset_index(drop=True)
 
-    genes_cfg = task["genes"] or {}
+    genes_cfg = {**DEFAULT_TASK["genes"], **(task["genes"] or {})}
+    log_counts = np.log1p(counts_df)
     if genes_cfg.get("list"):
-        genes = [g for g in genes_cfg["list"] if g in counts_df.columns]
-        if len(genes) < len(genes_cfg["list"]):
-            absent = sorted(set(genes_cfg["list"]) - set(counts_df.columns))
+        absent = sorted(set(genes_cfg["list"]) - set(counts_df.columns))
+        if absent:
             raise HistofuseError(
-                f"task {task_name!r}: genes not in the expression files: {absent[:5]}"
+                f"task {task_name!r}: `genes.list` names genes not in the expression files: "
+                f"{absent[:5]}; fix the list or the files"
             )
-    else:
-        # HEST selects the most variable genes on all samples of the task (log1p values).
-        genes = top_variable_genes(np.log1p(counts_df), int(genes_cfg.get("top_k", 50)))
-    y = transform_counts(counts_df[genes].to_numpy(), task["transform"], total)
     patients = sheet.loc[index["sample"], "patient_id"].to_numpy()
+    sample_ids = index["sample"].to_numpy()
+    seeds = [int(v) for v in (task.get("seeds") or [task["seed"]])]
 
-    metrics, predictions = [], []
-    seed = int(task["seed"])
-    split = task["split"]
-    for fold, (train, test) in enumerate(
-        patient_splits(patients, split.get("scheme", "patient-kfold"), int(split.get("n_folds", 5)))
-    ):
-        est = make_head(head, head_params, seed=seed).fit(x[train], y[train])
-        pred = np.asarray(est.predict(x[test])).reshape(len(test), -1)
-        m = per_gene_metrics(y[test], pred, genes)
-        m.insert(0, "fold", fold)
-        metrics.append(m)
-        p = index.iloc[test][["sample", "barcode"]].reset_index(drop=True)
-        p.insert(0, "fold", fold)
-        predictions.append(
-            pd.concat(
-                [
-                    p,
-                    pd.DataFrame(pred, columns=[f"pred:{g}" for g in genes]),
-                    pd.DataFrame(y[test], columns=[f"true:{g}" for g in genes]),
-                ],
-                axis=1,
+    metrics, predictions, fold_genes = [], [], {}
+    for seed in seeds:
+        folds = task_splits(task["split"] or {}, patients, sample_ids, seed)
+        for fold, (train, test) in enumerate(folds):
+            genes = select_genes(log_counts, genes_cfg, train)
+            fold_genes[f"{seed}/{fold}"] = genes
+            y = transform_counts(counts_df[genes].to_numpy(), task["transform"], total)
+            est = make_head(head, head_params, seed=seed)
+            if "blocks" in est.get_params():
+                est.set_params(blocks=widths)
+            est.fit(x[train], y[train])
+            pred = np.asarray(est.predict(x[test])).reshape(len(test), -1)
+            for protocol, unit in _units(sample_ids[test]):
+                m = per_gene_metrics(y[test][unit], pred[unit], genes)
+                m.insert(
+                    0, "sample", "" if protocol == "hest-pooled" else sample_ids[test][unit][0]
+                )
+                m.insert(0, "protocol", protocol)
+                m.insert(0, "fold", fold)
+                m.insert(0, "seed", seed)
+                metrics.append(m)
+            p = index.iloc[test][["sample", "barcode"]].reset_index(drop=True)
+            p.insert(0, "fold", fold)
+            p.insert(0, "seed", seed)
+            predictions.append(
+                pd.concat(
+                    [
+                        p,
+                        pd.DataFrame(pred, columns=[f"pred:{g}" for g in genes]),
+                        pd.DataFrame(y[test], columns=[f"true:{g}" for g in genes]),
+                    ],
+                    axis=1,
+                )
             )
-        )
     out = pd.concat(metrics, ignore_index=True)
-    out.insert(0, "seed", seed)
-    for col, val in (
-        ("task", task_name),
-        ("features", features_name),
-        ("head", head),
-        ("protocol", "hest-pooled"),
-    ):
+    for col, val in (("task", task_name), ("features", features_name), ("head", head)):
         out.insert(0, col, val)
     out = out[
         [
@@ -180,6 +194,7 @@ def fit_task(
             "protocol",
             "fold",
             "seed",
+            "sample",
             "gene",
             "pearson",
             "spearman",
@@ -194,7 +209,8 @@ def fit_task(
         metrics_out,
         {
             "encoders": encoders,
-            "genes": genes,
+            "genes": fold_genes,
+            "blocks": widths,
             "task": task,
             "head_params": head_params or {},
             "seconds": time.perf_counter() - t0,
@@ -210,6 +226,34 @@ def fit_task(
         time.perf_counter() - t0,
     )
     return out
+
+
+def select_genes(
+    log_counts: pd.DataFrame, genes_cfg: dict[str, Any], train: np.ndarray
+) -> list[str]:
+    """The target genes of one fold.
+
+    Args:
+        log_counts: ``log1p`` raw counts, spots × all genes.
+        genes_cfg: ``list`` (fixed genes), else ``top_k`` most variable genes selected on the
+            training spots (``select_on: train``) or on all spots of the task (``select_on: all``,
+            HEST-Benchmark's ``var_50genes.json``; test spots then inform the selection).
+        train: Training rows of the fold.
+    """
+    from histofuse.data.expression import top_variable_genes
+
+    if genes_cfg.get("list"):
+        return list(genes_cfg["list"])
+    rows = log_counts if genes_cfg.get("select_on", "train") == "all" else log_counts.iloc[train]
+    return top_variable_genes(rows, int(genes_cfg.get("top_k", 50)))
+
+
+def _units(test_samples: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """Evaluation units of a fold: all test spots pooled (HEST), then each test sample alone."""
+    units = [("hest-pooled", np.arange(len(test_samples)))]
+    for sample in pd.unique(test_samples):
+        units.append(("per-sample", np.flatnonzero(test_samples == sample)))
+    return units
 
 
 def _write_parquet(df: pd.DataFrame, path: str | Path, meta: dict[str, Any]) -> None:

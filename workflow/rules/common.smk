@@ -83,11 +83,14 @@ def head_params(wildcards):
 
 
 def all_metrics(wildcards=None):
+    from histofuse.heads.names import FUSION_HEADS
+
     return [
         f"results/metrics/{task}/{features}/{head}.parquet"
         for task in config["tasks"]
         for features in PLAN.feature_sets
         for head in config["heads"]
+        if head not in FUSION_HEADS or len(PLAN.feature_sets[features]) > 1
     ]
 
 

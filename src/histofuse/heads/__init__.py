@@ -1,5 +1,5 @@
 """Heads on cached features, as scikit-learn estimators."""
 
-from histofuse.heads.probes import HEADS, HESTProbe, make_head
+from histofuse.heads.probes import HEADS, HESTAlphaCVProbe, HESTProbe, RidgeProbe, make_head
 
-__all__ = ["HEADS", "HESTProbe", "make_head"]
+__all__ = ["HEADS", "HESTAlphaCVProbe", "HESTProbe", "RidgeProbe", "make_head"]

@@ -8,6 +8,7 @@ max_iter=1000)`` with d the PCA width.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from histofuse.errors import HistofuseError
+from histofuse.heads.names import TORCH_HEADS
 
 
 class HESTProbe(RegressorMixin, BaseEstimator):
@@ -65,7 +67,92 @@ class HESTProbe(RegressorMixin, BaseEstimator):
         return self.ridge_.predict(self.reducer_.transform(X).astype(np.float32))
 
 
-HEADS: dict[str, type[BaseEstimator]] = {"hest": HESTProbe}
+class HESTAlphaCVProbe(HESTProbe):
+    """The HEST probe with the ridge penalty chosen by inner cross-validation on the training fold.
+
+    ``alpha`` is picked from ``alphas`` × HEST's default ``100 / (d · n_genes)`` by efficient
+    leave-one-out (scikit-learn's ``RidgeCV``, one penalty shared by all genes), on the PCA
+    features of the training fold only.
+
+    Args:
+        n_components: PCA width.
+        alphas: Multipliers of HEST's default penalty to search.
+        random_state: PCA seed.
+    """
+
+    def __init__(
+        self,
+        n_components: int = 256,
+        alphas: tuple[float, ...] = (1e-2, 1e-1, 1.0, 1e1, 1e2, 1e3, 1e4),
+        random_state: int = 1,
+    ) -> None:
+        self.n_components = n_components
+        self.alphas = alphas
+        self.random_state = random_state
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> HESTAlphaCVProbe:
+        """Fits scaler and PCA, selects alpha by inner CV, then fits the lsqr ridge."""
+        from sklearn.linear_model import RidgeCV
+
+        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True)
+        y2 = y.reshape(len(y), -1)
+        width = min(self.n_components, X.shape[0], X.shape[1])
+        self.reducer_ = Pipeline(
+            [("scaler", StandardScaler()), ("pca", PCA(width, random_state=self.random_state))]
+        ).fit(X)
+        z = self.reducer_.transform(X).astype(np.float32)
+        base = 100.0 / (z.shape[1] * y2.shape[1])
+        cv = RidgeCV(alphas=[base * a for a in self.alphas], fit_intercept=False).fit(z, y2)
+        self.alpha_ = float(cv.alpha_)
+        self.ridge_ = Ridge(
+            alpha=self.alpha_, solver="lsqr", fit_intercept=False, max_iter=1000
+        ).fit(z, y2 if y.ndim > 1 else y)
+        return self
+
+
+class RidgeProbe(RegressorMixin, BaseEstimator):
+    """``StandardScaler → Ridge`` on all features (no PCA), with an intercept.
+
+    Args:
+        alpha: Ridge penalty; None means ``100 / (d · n_genes)`` with d the feature width.
+        random_state: Unused; accepted so every head takes a seed.
+    """
+
+    def __init__(self, alpha: float | None = None, random_state: int = 1) -> None:
+        self.alpha = alpha
+        self.random_state = random_state
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> RidgeProbe:
+        """Fits the scaler and ridge on the training data."""
+        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True)
+        n_out = 1 if y.ndim == 1 else y.shape[1]
+        self.alpha_ = self.alpha if self.alpha is not None else 100.0 / (X.shape[1] * n_out)
+        self.scaler_ = StandardScaler().fit(X)
+        self.ridge_ = Ridge(alpha=self.alpha_).fit(self.scaler_.transform(X), y)
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Predicts targets for ``X``."""
+        check_is_fitted(self, "ridge_")
+        X = validate_data(self, X, reset=False)
+        return self.ridge_.predict(self.scaler_.transform(X))
+
+
+def _torch_head(strategy: str) -> Callable[[], BaseEstimator]:
+    def build() -> BaseEstimator:
+        from histofuse.heads.fusion import TorchHead
+
+        return TorchHead(strategy=strategy)
+
+    return build
+
+
+HEADS: dict[str, Callable[[], BaseEstimator]] = {
+    "hest": HESTProbe,
+    "hest-alphacv": HESTAlphaCVProbe,
+    "ridge": RidgeProbe,
+    **{name: _torch_head(name) for name in TORCH_HEADS},
+}
 
 
 def make_head(name: str, params: dict[str, Any] | None = None, seed: int = 1) -> BaseEstimator:
@@ -76,10 +163,9 @@ def make_head(name: str, params: dict[str, Any] | None = None, seed: int = 1) ->
     """
     if name not in HEADS:
         raise HistofuseError(f"unknown head {name!r}; choose one of {', '.join(sorted(HEADS))}")
-    cls = HEADS[name]
     params = dict(params or {})
-    est = cls()
-    valid = est.get_params()
+    est = HEADS[name]()
+    valid = {k: v for k, v in est.get_params().items() if k not in ("strategy", "blocks")}
     unknown = sorted(set(params) - set(valid))
     if unknown:
         raise HistofuseError(

@@ -2,7 +2,13 @@
 
 Aggregation follows HEST-Benchmark: a fold's value is the mean Pearson over its genes (constant
 genes excluded and counted), a row's ``pearson_mean`` is the mean over folds (and seeds) and
-``pearson_std`` their standard deviation with ddof = 0.
+``pearson_std`` their standard deviation with ddof = 0. Under the ``per-sample`` protocol
+(Meta-Encoder) a unit is one test sample of a fold, so ``n_folds`` counts (fold, sample) records.
+
+For a feature set of several encoders, ``single_mean`` is the mean ``pearson_mean`` of its single
+encoders under the same task and protocol, with the same head when the single encoders have it,
+else the ``linear`` head (Meta-Encoder's single-encoder probe), else ``hest``;
+``gain_vs_singles`` = (``pearson_mean`` − ``single_mean``) / ``single_mean``.
 """
 
 from __future__ import annotations
@@ -28,14 +34,18 @@ SUMMARY_COLUMNS = [
     "spearman_mean",
     "mse_mean",
     "n_encoders",
+    "single_mean",
+    "gain_vs_singles",
 ]
 
 
 def summarise(metrics: pd.DataFrame) -> pd.DataFrame:
     """Aggregates per-(fold, gene) metrics into the summary table (sorted, best first per task)."""
     keys = ["task", "features", "head", "protocol"]
+    if "sample" not in metrics:
+        metrics = metrics.assign(sample="")
     valid = metrics[~metrics["constant"]]
-    per_fold = valid.groupby([*keys, "seed", "fold"], as_index=False).agg(
+    per_fold = valid.groupby([*keys, "seed", "fold", "sample"], as_index=False).agg(
         pearson=("pearson", "mean"), spearman=("spearman", "mean"), mse=("mse", "mean")
     )
     rows = per_fold.groupby(keys, as_index=False).agg(
@@ -45,33 +55,52 @@ def summarise(metrics: pd.DataFrame) -> pd.DataFrame:
         spearman_mean=("spearman", "mean"),
         mse_mean=("mse", "mean"),
     )
-    genes = (
-        metrics.groupby(keys)
-        .agg(
-            n_genes=("gene", "nunique"),
-            n_constant=("constant", "sum"),
-        )
-        .reset_index()
+    unit_genes = metrics.groupby([*keys, "seed", "fold", "sample"], as_index=False).agg(
+        n_genes=("gene", "nunique"), n_constant=("constant", "sum")
+    )
+    genes = unit_genes.groupby(keys, as_index=False).agg(
+        n_genes=("n_genes", "max"), n_constant=("n_constant", "sum")
     )
     out = rows.merge(genes, on=keys, how="right")
     out["n_encoders"] = out["features"].str.count(r"\+") + 1
+    out[["single_mean", "gain_vs_singles"]] = [_single_baseline(out, r) for r in out.itertuples()]
     out = out.sort_values(["task", "pearson_mean"], ascending=[True, False], na_position="last")
     return out[SUMMARY_COLUMNS].reset_index(drop=True)
 
 
+def _single_baseline(rows: pd.DataFrame, row: object) -> tuple[float, float]:
+    """(mean of the single encoders' Pearson, relative gain) for a multi-encoder row."""
+    if row.n_encoders < 2:  # type: ignore[attr-defined]
+        return float("nan"), float("nan")
+    encoders = row.features.split("+")  # type: ignore[attr-defined]
+    same = rows[
+        (rows["task"] == row.task)  # type: ignore[attr-defined]
+        & (rows["protocol"] == row.protocol)  # type: ignore[attr-defined]
+        & rows["features"].isin(encoders)
+    ]
+    for head in (row.head, "linear", "hest"):  # type: ignore[attr-defined]
+        found = same[same["head"] == head]
+        if len(found) == len(encoders):
+            base = float(found["pearson_mean"].mean())
+            return base, (row.pearson_mean - base) / base  # type: ignore[attr-defined]
+    return float("nan"), float("nan")
+
+
 def to_markdown(summary: pd.DataFrame) -> str:
     """Renders the summary as a GitHub-flavoured Markdown table (no extra dependency)."""
-    cols = ["task", "features", "head", "protocol", "pearson", "n_folds", "n_genes"]
+    cols = ["task", "features", "head", "protocol", "pearson", "n_folds", "n_genes", "gain"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in summary.itertuples():
         lines.append(
             f"| {r.task} | {r.features} | {r.head} | {r.protocol} | "
-            f"{r.pearson_mean:.4f} ± {r.pearson_std:.4f} | {r.n_folds} | {r.n_genes} |"
+            f"{r.pearson_mean:.4f} ± {r.pearson_std:.4f} | {r.n_folds} | {r.n_genes} | "
+            + ("" if r.gain_vs_singles != r.gain_vs_singles else f"{r.gain_vs_singles:+.1%}")
+            + " |"
         )
     return (
-        "# histofuse summary\n\nPearson: mean ± std over folds of the per-fold mean over genes.\n\n"
-        + "\n".join(lines)
-        + "\n"
+        "# histofuse summary\n\nPearson: mean ± std over folds of the per-fold mean over genes.\n"
+        "gain: relative to the mean of the single encoders (same task, protocol and head, else "
+        "the `linear` head, else `hest`).\n\n" + "\n".join(lines) + "\n"
     )
 
 

@@ -134,6 +134,9 @@ def test_numbers_agree_across_formats(metrics_files, tmp_path):
         assert cell.replace("±", r"$\pm$") in tex
         ci = f"[{r.ci_low:.4f}, {r.ci_high:.4f}]"
         assert ci in md and ci in tex and ci in html
+        if r.p_wilcoxon == r.p_wilcoxon:  # not NaN: the reference row has no test
+            p = f"{r.p_wilcoxon:.3g}"
+            assert f"| {p} |" in md and f"& {p} &" in tex and f">{p}<" in html
 
 
 def test_bad_input_is_one_clear_error(tmp_path, metrics_files, capsys):

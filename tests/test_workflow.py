@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -67,7 +69,15 @@ def test_dry_run_plans_the_demo(tmp_path):
     proc = snakemake(tmp_path, "-n")
     counts = job_counts(proc.stdout)
     # fit: hest and linear on 3 feature sets + 7 fusion heads on the concatenation only
-    assert counts == {"all": 1, "demo_cohort": 1, "embed": 2, "fit": 13, "report": 1, "tile": 6}
+    assert counts == {
+        "all": 1,
+        "demo_cohort": 1,
+        "embed": 2,
+        "fit": 13,
+        "report": 1,
+        "tile": 6,
+        "qc_thumbnail": 6,
+    }
     assert not (tmp_path / "results").exists()
 
 
@@ -250,3 +260,131 @@ def test_weights_and_pooling_changes_recompute_only_affected_stores(demo_run, tm
         "fit": 2,
         "report": 1,
     }
+
+
+REPORT_FILES = [
+    f"{name}.{ext}"
+    for name in ("summary", "wide", "gains", "per_gene")
+    for ext in ("csv", "md", "tex")
+] + [f"{name}.{ext}" for name in ("bars", "heatmap", "scatter") for ext in ("png", "svg")]
+
+
+@pytest.mark.slow
+def test_demo_report_files_and_formats_agree(demo_run):
+    work = demo_run[0]
+    out = work / "results/report"
+    for name in [*REPORT_FILES, "index.html"]:
+        assert (out / name).stat().st_size > 0, name
+    assert len(list((work / "results/qc").glob("*.png"))) == 6
+    summary = pd.read_csv(out / "summary.csv")
+    md, tex, html = ((out / f).read_text() for f in ("summary.md", "summary.tex", "index.html"))
+    for r in summary.itertuples():
+        cell = f"{r.pearson_mean:.3f} ± {r.pearson_std:.3f}"
+        assert cell in md and cell in html and cell.replace("±", r"$\pm$") in tex
+    wide = pd.read_csv(out / "wide.csv", index_col="method")
+    for r in summary.itertuples():
+        assert wide.at[f"{r.features} · {r.head}", "demo-spots_mean"] == pytest.approx(
+            r.pearson_mean, abs=1e-6
+        )
+    gains = pd.read_csv(out / "gains.csv")
+    assert gains["features"].tolist() == ["tiny-cnn+tiny-vit"]
+    for name in ("summary", "wide", "gains", "per_gene"):
+        tex = (out / f"{name}.tex").read_text()
+        assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") >= 1
+        assert not re.search(r"(?<!\\)[_%]", tex), name
+
+
+@pytest.mark.slow
+def test_report_only_change_reruns_only_report(demo_run, tmp_path):
+    work = demo_run[0]
+    cfg = write_config(tmp_path / "c.yaml", **{"report.decimals": 2})
+    counts = job_counts(snakemake(work, "-n", config=cfg).stdout)
+    assert counts == {"all": 1, "report": 1}
+    # Regenerating the report reads metrics only and takes seconds.
+    (work / "results/report/summary.csv").unlink()
+    t0 = time.perf_counter()
+    proc = snakemake(work, config=cfg)
+    assert job_counts(proc.stdout + proc.stderr) == {"all": 1, "report": 1}
+    assert time.perf_counter() - t0 < 60
+    assert "0.4" in (work / "results/report/summary.md").read_text()
+    assert not re.search(r"\d\.\d{3} ±", (work / "results/report/summary.md").read_text())
+
+
+@pytest.mark.slow
+def test_snakemake_report_zip_has_every_reported_file(demo_run):
+    import zipfile
+
+    work = demo_run[0]
+    snakemake(work, "--report", "report.zip")
+    names = zipfile.ZipFile(work / "report.zip").namelist()
+    for f in ("summary.csv", "wide.csv", "gains.csv", "per_gene.csv", "heatmap.svg", "index.html"):
+        assert any(n.endswith(f) for n in names), f
+    assert sum(bool(re.search(r"/P\d-S\d\.png$", n)) for n in names) == 6  # tiling QC
+
+
+# --- index.html in a real headless Chromium ---
+
+PROBE = """<script>
+window.addEventListener('load', () => {
+  const box = e => e.getBoundingClientRect();
+  const images = [...document.images].map(i => ({
+    where: (i.closest('[id]') || {}).id, natural: i.naturalWidth,
+    width: box(i).width, height: box(i).height}));
+  const tables = [...document.querySelectorAll('table')].map(t => ({
+    id: t.id, rows: t.rows.length, width: box(t).width, height: box(t).height}));
+  const pre = document.createElement('pre');
+  pre.id = 'probe';
+  pre.textContent = JSON.stringify({images, tables});
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def chromium() -> str:
+    """The Chromium binary, installed from Debian where missing; skips when that is impossible."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        pytest.skip("Chromium is not installed and cannot be (needs apt-get as root)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            pytest.skip(f"Chromium could not be installed: {' '.join(cmd)}: {proc.stderr[-300:]}")
+    return shutil.which("chromium") or pytest.skip("apt-get installed no chromium binary")
+
+
+def headless(browser: str, *args: str) -> subprocess.CompletedProcess:
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_index_html_renders_tables_and_images(demo_run, tmp_path):
+    browser = chromium()
+    index = demo_run[0] / "results/report/index.html"
+    page = tmp_path / "probe.html"
+    page.write_text(index.read_text().replace("</body>", PROBE + "</body>"))
+    proc = headless(browser, "--virtual-time-budget=10000", "--dump-dom", page.as_uri())
+    found = re.search(r'<pre id="probe">(.*?)</pre>', proc.stdout, re.S)
+    assert found, proc.stderr[-2000:]
+    probe = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    images = {i["where"]: i for i in probe["images"]}
+    for fig in ("fig-bars", "fig-heatmap", "fig-scatter", "fig-qc"):
+        assert images[fig]["natural"] > 0 and images[fig]["width"] > 100, fig
+        assert images[fig]["height"] > 100, fig
+    assert len(probe["images"]) == 3 + 6
+    tables = {t["id"]: t for t in probe["tables"]}
+    assert tables["table-summary"]["rows"] == 4 and tables["table-summary"]["height"] > 50
+    assert tables["table-wide"]["rows"] == 4 and tables["table-per-gene-0"]["rows"] == 51
+
+    shot = tmp_path / "page.png"
+    proc = headless(browser, f"--screenshot={shot}", "--window-size=1280,2400", index.as_uri())
+    assert shot.is_file(), proc.stderr[-2000:]
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.shape == (2400, 1280)
+    # Text, rules and the heatmap's colours: the page is far from blank.
+    assert pixels.std() > 20 and (pixels < 128).mean() > 0.02

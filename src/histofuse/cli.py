@@ -100,10 +100,22 @@ def _fit(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from histofuse.report.summary import write_report
+    from histofuse.report.build import build_report, parse_options
 
-    summary = write_report(args.metrics, args.out)
+    summary = build_report(
+        args.metrics,
+        args.out,
+        predictions=args.predictions or (),
+        qc=args.qc or (),
+        options=parse_options(args.options),
+    )
     logging.info("report: %d rows", len(summary))
+
+
+def _qc_thumbnail(args: argparse.Namespace) -> None:
+    from histofuse.report.plots import qc_thumbnail
+
+    qc_thumbnail(args.tiles, args.out, max_px=args.max_px)
 
 
 def _encoders(args: argparse.Namespace) -> None:
@@ -195,7 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="summary tables from metrics files")
     s.add_argument("--metrics", nargs="+", required=True)
     s.add_argument("--out", required=True)
+    s.add_argument("--predictions", nargs="*", help="predictions files (for the scatter plot)")
+    s.add_argument("--qc", nargs="*", help="tiling QC thumbnails (PNG) shown in index.html")
+    s.add_argument("--options", default="{}", help="report options as JSON (config `report`)")
     s.set_defaults(func=_report)
+
+    s = sub.add_parser("qc-thumbnail", help="slide thumbnail with the tiled patches outlined")
+    s.add_argument("--tiles", required=True)
+    s.add_argument("--out", required=True, help="PNG path")
+    s.add_argument("--max-px", type=int, default=768)
+    s.set_defaults(func=_qc_thumbnail)
 
     s = sub.add_parser("encoders", help="list the encoder registry")
     s.add_argument("--json", action="store_true")

@@ -96,3 +96,17 @@ def all_metrics(wildcards=None):
 
 def parent_of_first_output(wildcards, output):
     return os.path.dirname(output[0]) or "."
+
+
+def all_predictions(wildcards=None):
+    return [m.replace("results/metrics/", "results/predictions/", 1) for m in all_metrics()]
+
+
+def all_qc_thumbnails(wildcards=None):
+    return [f"results/qc/{s}.png" for s in SAMPLES.index]
+
+
+def report_options(wildcards):
+    import json
+
+    return json.dumps(config["report"], sort_keys=True)

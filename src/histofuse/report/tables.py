@@ -1,0 +1,300 @@
+"""Publication tables and paired statistics built from metrics files alone.
+
+Every table starts from the per-(fold, gene) metrics written by ``histofuse fit``. Columns are
+read defensively: rows are grouped by whichever of ``task``, ``features``, ``head`` and
+``protocol`` are present, so metrics files with extra columns (or without ``protocol``) still
+report.
+
+* **Paired tests.** Within a *family* (same task, head and protocol) the reference is the single
+  encoder with the highest ``pearson_mean``. Every other row is compared with it on the same
+  (seed, fold, gene) Pearson values by the Wilcoxon signed-rank test (two-sided).
+* **Bootstrap intervals.** A row's per-gene Pearson (mean over folds and seeds) is resampled over
+  genes; the interval is the percentile bootstrap of the mean.
+* **Relative gain.** For a multi-encoder row (``a+b``), the gain over the mean of its single
+  encoders, ``(fused − mean(singles)) / mean(singles)``, and over the best single encoder of the
+  family, both in percent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from histofuse.errors import HistofuseError
+
+GROUP_KEYS = ("task", "features", "head", "protocol")
+REQUIRED = ("features", "gene", "pearson")
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """Settings of the report step (config section ``report``).
+
+    Attributes:
+        decimals: Digits after the point in Markdown, LaTeX and HTML tables.
+        bootstrap: Bootstrap resamples for the confidence intervals (0 = none).
+        confidence: Confidence level of the intervals.
+        seed: Seed of the bootstrap.
+        scatter_genes: Genes shown in the predicted-vs-true scatter of each task.
+        heatmap_genes: At most this many genes (most variable across methods) in the heatmap.
+    """
+
+    decimals: int = 3
+    bootstrap: int = 1000
+    confidence: float = 0.95
+    seed: int = 0
+    scatter_genes: int = 4
+    heatmap_genes: int = 50
+
+
+def load_metrics(files: Sequence[str | Path]) -> pd.DataFrame:
+    """Reads and concatenates metrics files.
+
+    Raises:
+        HistofuseError: If no file is given, a file is missing or unreadable, or lacks a
+            required column.
+    """
+    if not files:
+        raise HistofuseError("no metrics files to report; run the fit step first")
+    frames = []
+    for f in files:
+        path = Path(f)
+        if not path.is_file():
+            raise HistofuseError(f"metrics file {path} does not exist; run the fit step first")
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as exc:
+            raise HistofuseError(
+                f"metrics file {path} is not readable parquet ({exc}); re-run its fit job"
+            ) from exc
+        missing = [c for c in REQUIRED if c not in frame.columns]
+        if missing:
+            raise HistofuseError(
+                f"metrics file {path} lacks column(s) {missing}; re-run its fit job"
+            )
+        frames.append(frame)
+    metrics = pd.concat(frames, ignore_index=True)
+    for col, default in (("fold", 0), ("seed", 0), ("constant", False)):
+        if col not in metrics.columns:
+            metrics[col] = default
+    return metrics
+
+
+def keys_of(frame: pd.DataFrame) -> list[str]:
+    """The grouping keys present in a table, in canonical order."""
+    return [k for k in GROUP_KEYS if k in frame.columns]
+
+
+def family_keys(frame: pd.DataFrame) -> list[str]:
+    """Keys that define a family of comparable rows (everything but ``features``)."""
+    return [k for k in keys_of(frame) if k != "features"]
+
+
+def single_encoders(features: str) -> list[str]:
+    """The encoders of a feature set name (``a+b`` → ``[a, b]``)."""
+    return features.split("+")
+
+
+def gene_scores(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per-gene Pearson of every row: mean and std (ddof 0) over folds and seeds.
+
+    Constant (gene, fold) pairs are left out, as in the summary.
+    """
+    keys = keys_of(metrics)
+    valid = metrics[~metrics["constant"].astype(bool)]
+    out = valid.groupby([*keys, "gene"], as_index=False).agg(
+        pearson_mean=("pearson", "mean"),
+        pearson_std=("pearson", lambda s: float(np.std(s, ddof=0))),
+        n_folds=("pearson", "size"),
+    )
+    return out
+
+
+def best_singles(summary: pd.DataFrame) -> pd.DataFrame:
+    """The best single-encoder row of each family: family keys + ``reference``."""
+    fam = family_keys(summary)
+    singles = summary[~summary["features"].str.contains("+", regex=False)]
+    singles = singles.dropna(subset=["pearson_mean"])
+    if singles.empty:
+        return pd.DataFrame(columns=[*fam, "reference", "reference_pearson"])
+    idx = (
+        singles.groupby(fam)["pearson_mean"].idxmax() if fam else [singles["pearson_mean"].idxmax()]
+    )
+    best = singles.loc[list(np.atleast_1d(idx)), [*fam, "features", "pearson_mean"]]
+    return best.rename(columns={"features": "reference", "pearson_mean": "reference_pearson"})
+
+
+def paired_tests(metrics: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """Wilcoxon signed-rank test of every row against its family's best single encoder.
+
+    Pairs are the (seed, fold, gene) values present and non-constant in both rows.
+
+    Returns:
+        One row per summary row: keys, ``reference``, ``delta_vs_best_single`` (mean paired
+        difference), ``n_pairs`` and ``p_wilcoxon`` (NaN for the reference itself or when fewer
+        than two non-zero differences exist).
+    """
+    from scipy.stats import wilcoxon
+
+    keys = keys_of(summary)
+    fam = family_keys(summary)
+    best = best_singles(summary)
+    valid = metrics[~metrics["constant"].astype(bool)]
+    unit = ["seed", "fold", "gene"]
+    indexed = valid.set_index(keys)[[*unit, "pearson"]].sort_index()
+    rows = []
+    merged = (
+        summary[keys].merge(best, on=fam, how="left")
+        if fam
+        else summary[keys].assign(reference=best["reference"].iloc[0] if len(best) else None)
+    )
+    for rec in merged.to_dict("records"):
+        out = {k: rec[k] for k in keys}
+        out["reference"] = rec.get("reference")
+        out.update(delta_vs_best_single=np.nan, n_pairs=0, p_wilcoxon=np.nan)
+        ref = rec.get("reference")
+        if isinstance(ref, str) and ref != rec["features"]:
+            this = indexed.loc[tuple(rec[k] for k in keys)]
+            other = indexed.loc[tuple(ref if k == "features" else rec[k] for k in keys)]
+            pairs = this.merge(other, on=unit, suffixes=("", "_ref"))
+            diff = (pairs["pearson"] - pairs["pearson_ref"]).to_numpy()
+            out["n_pairs"] = len(diff)
+            if len(diff):
+                out["delta_vs_best_single"] = float(diff.mean())
+            if np.count_nonzero(diff) >= 2:
+                out["p_wilcoxon"] = float(wilcoxon(diff, zero_method="wilcox").pvalue)
+        rows.append(out)
+    return pd.DataFrame(rows)
+
+
+def bootstrap_ci(genes: pd.DataFrame, keys: list[str], options: ReportOptions) -> pd.DataFrame:
+    """Percentile bootstrap interval over genes of each row's mean per-gene Pearson."""
+    from scipy.stats import bootstrap
+
+    rows = []
+    for key, grp in genes.groupby(keys, sort=False):
+        values = grp["pearson_mean"].dropna().to_numpy()
+        lo = hi = np.nan
+        if options.bootstrap > 0 and len(values) >= 2 and np.ptp(values) > 0:
+            res = bootstrap(
+                (values,),
+                np.mean,
+                n_resamples=options.bootstrap,
+                confidence_level=options.confidence,
+                method="percentile",
+                rng=np.random.default_rng(options.seed),
+            )
+            lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+        rows.append(
+            {**dict(zip(keys, np.atleast_1d(key), strict=True)), "ci_low": lo, "ci_high": hi}
+        )
+    return pd.DataFrame(rows, columns=[*keys, "ci_low", "ci_high"])
+
+
+def relative_gains(summary: pd.DataFrame) -> pd.DataFrame:
+    """Relative gain (%) of each multi-encoder row over its singles' mean and the best single.
+
+    Returns:
+        One row per multi-encoder row: keys, ``pearson_mean``, ``mean_single`` (mean of its
+        encoders' single rows in the family), ``best_single`` (the family's best single row and
+        its value), ``gain_vs_mean_single_pct`` and ``gain_vs_best_single_pct``.
+    """
+    keys = keys_of(summary)
+    fam = family_keys(summary)
+    rows = []
+    multi = summary[summary["features"].str.contains("+", regex=False)]
+    for rec in multi.to_dict("records"):
+        same = summary
+        for k in fam:
+            same = same[same[k] == rec[k]]
+        singles = same[~same["features"].str.contains("+", regex=False)]
+        parts = singles[singles["features"].isin(single_encoders(rec["features"]))]
+        mean_single = float(parts["pearson_mean"].mean()) if len(parts) else np.nan
+        best = singles.dropna(subset=["pearson_mean"])
+        best_row = best.loc[best["pearson_mean"].idxmax()] if len(best) else None
+        best_val = float(best_row["pearson_mean"]) if best_row is not None else np.nan
+        rows.append(
+            {
+                **{k: rec[k] for k in keys},
+                "pearson_mean": rec["pearson_mean"],
+                "mean_single": mean_single,
+                "n_singles": len(parts),
+                "best_single": best_row["features"] if best_row is not None else None,
+                "best_single_pearson": best_val,
+                "gain_vs_mean_single_pct": 100 * (rec["pearson_mean"] - mean_single) / mean_single,
+                "gain_vs_best_single_pct": 100 * (rec["pearson_mean"] - best_val) / best_val,
+            }
+        )
+    cols = [
+        *keys,
+        "pearson_mean",
+        "mean_single",
+        "n_singles",
+        "best_single",
+        "best_single_pearson",
+        "gain_vs_mean_single_pct",
+        "gain_vs_best_single_pct",
+    ]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def method_label(rec: dict | pd.Series, keys: Sequence[str]) -> str:
+    """A row label from the non-task keys: ``features · head`` (protocol added when not unique)."""
+    return " · ".join(str(rec[k]) for k in keys if k != "task")
+
+
+def label_keys(summary: pd.DataFrame) -> list[str]:
+    """Keys needed to tell methods apart (``protocol`` only when it varies)."""
+    keys = [k for k in keys_of(summary) if k != "task"]
+    if "protocol" in keys and summary["protocol"].nunique() <= 1:
+        keys.remove("protocol")
+    return keys
+
+
+def wide_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Methods × tasks of ``pearson_mean`` and ``pearson_std``, with an ``Average`` column.
+
+    Returns:
+        A frame indexed by method label with columns ``(task, "mean")`` and ``(task, "std")``
+        for each task, then ``("Average", "mean")`` (mean over the tasks the method has) and
+        ``("Average", "std")`` (NaN: stds over different tasks do not average).
+    """
+    lk = label_keys(summary)
+    frame = summary.assign(method=[method_label(r, lk) for r in summary.to_dict("records")])
+    task = frame["task"] if "task" in frame else pd.Series("all", index=frame.index)
+    frame = frame.assign(task=task)
+    mean = frame.pivot_table(index="method", columns="task", values="pearson_mean", sort=True)
+    std = frame.pivot_table(index="method", columns="task", values="pearson_std", sort=True)
+    cols = {}
+    for t in mean.columns:
+        cols[(t, "mean")] = mean[t]
+        cols[(t, "std")] = std[t]
+    cols[("Average", "mean")] = mean.mean(axis=1)
+    cols[("Average", "std")] = pd.Series(np.nan, index=mean.index)
+    wide = pd.DataFrame(cols)
+    wide.columns = pd.MultiIndex.from_tuples(wide.columns)
+    wide.index.name = "method"
+    return wide.sort_values(("Average", "mean"), ascending=False)
+
+
+def rank_marks(values: pd.Series) -> pd.Series:
+    """``"best"``, ``"second"`` or ``""`` per value (ties share the rank; NaN never ranks)."""
+    distinct = sorted(set(values.dropna().round(12)), reverse=True)
+    marks = pd.Series("", index=values.index)
+    if distinct:
+        marks[values.round(12) == distinct[0]] = "best"
+    if len(distinct) > 1:
+        marks[values.round(12) == distinct[1]] = "second"
+    return marks
+
+
+def per_gene_table(genes: pd.DataFrame) -> pd.DataFrame:
+    """Long per-gene table: keys, gene, Pearson mean/std over folds and seeds, n_folds."""
+    keys = keys_of(genes)
+    return genes.sort_values([*[k for k in keys if k != "features"], "gene", "features"])[
+        [*keys, "gene", "pearson_mean", "pearson_std", "n_folds"]
+    ].reset_index(drop=True)

@@ -1,0 +1,168 @@
+"""Report tables, statistics and rendering on metrics files written to disk."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from histofuse.cli import main
+from histofuse.errors import HistofuseError
+from histofuse.report.build import build_report, parse_options
+from histofuse.report.render import latex_escape
+
+GENES = [f"gene_{i}" for i in range(30)]
+
+
+def write_metrics(root: Path, task: str, features: str, head: str, base: float, seed: int = 0):
+    """A metrics file in fit's format: per (fold, gene) Pearson around `base` per gene."""
+    rng = np.random.default_rng(seed)
+    gene_level = np.linspace(-0.1, 0.3, len(GENES))
+    rows = []
+    for fold in range(3):
+        for g, gene in enumerate(GENES):
+            r = float(np.clip(base + gene_level[g] + rng.normal(0, 0.02), -1, 1))
+            rows.append(
+                {
+                    "task": task,
+                    "features": features,
+                    "head": head,
+                    "protocol": "hest",
+                    "fold": fold,
+                    "seed": 1,
+                    "gene": gene,
+                    "pearson": r,
+                    "spearman": r,
+                    "mse": 1 - r,
+                    "constant": False,
+                    "n": 100,
+                }
+            )
+    path = root / "metrics" / task / features / f"{head}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_parquet(path)
+    return path
+
+
+@pytest.fixture()
+def metrics_files(tmp_path) -> list[Path]:
+    files = []
+    for task, shift in (("task_a", 0.0), ("task_b", 0.1)):
+        files.append(write_metrics(tmp_path, task, "enc_a", "hest", 0.30 + shift, seed=1))
+        files.append(write_metrics(tmp_path, task, "enc_b", "hest", 0.20 + shift, seed=2))
+        files.append(write_metrics(tmp_path, task, "enc_a+enc_b", "hest", 0.40 + shift, seed=3))
+    return files
+
+
+def test_statistics_and_gains(metrics_files, tmp_path):
+    out = tmp_path / "report"
+    summary = build_report(metrics_files, out)
+    a = summary[summary["task"] == "task_a"].set_index("features")
+    # The best single encoder is the reference of its family; the fused row beats it clearly.
+    assert (a["reference"] == "enc_a").all()
+    assert np.isnan(a.at["enc_a", "p_wilcoxon"])
+    assert a.at["enc_a+enc_b", "p_wilcoxon"] < 1e-6  # 90 paired values, all positive
+    assert a.at["enc_a+enc_b", "delta_vs_best_single"] == pytest.approx(0.10, abs=0.02)
+    assert a.at["enc_b", "delta_vs_best_single"] == pytest.approx(-0.10, abs=0.02)
+    assert (a["ci_low"] < a["pearson_mean"]).all() and (a["pearson_mean"] < a["ci_high"]).all()
+
+    gains = pd.read_csv(out / "gains.csv").set_index("task")
+    fused, ma, mb = (a.at[f, "pearson_mean"] for f in ("enc_a+enc_b", "enc_a", "enc_b"))
+    assert gains.at["task_a", "gain_vs_mean_single_pct"] == pytest.approx(
+        100 * (fused - (ma + mb) / 2) / ((ma + mb) / 2), rel=1e-5
+    )
+    assert gains.at["task_a", "gain_vs_best_single_pct"] == pytest.approx(
+        100 * (fused - ma) / ma, rel=1e-5
+    )
+
+    wide = pd.read_csv(out / "wide.csv", index_col="method")
+    assert list(wide.index) == ["enc_a+enc_b · hest", "enc_a · hest", "enc_b · hest"]
+    assert wide.loc["enc_b · hest", "average_mean"] == pytest.approx(
+        (
+            a.at["enc_b", "pearson_mean"]
+            + summary.query("task == 'task_b' and features == 'enc_b'")["pearson_mean"].iloc[0]
+        )
+        / 2
+    )
+    per_gene = pd.read_csv(out / "per_gene.csv")
+    assert len(per_gene) == 2 * 3 * len(GENES) and (per_gene["n_folds"] == 3).all()
+
+
+def test_best_bold_second_underlined_in_every_format(metrics_files, tmp_path):
+    out = tmp_path / "report"
+    build_report(metrics_files, out)
+    md = (out / "wide.md").read_text()
+    tex = (out / "wide.tex").read_text()
+    html = (out / "index.html").read_text()
+    fused_row = next(line for line in md.splitlines() if line.startswith("| enc_a+enc_b"))
+    second_row = next(line for line in md.splitlines() if line.startswith("| enc_a · hest"))
+    assert fused_row.count("**") == 6  # task_a, task_b, Average
+    assert second_row.count("<u>") == 3
+    assert r"\textbf{" in tex and r"\underline{" in tex
+    assert "<b>" in html and "<u>" in html
+
+
+def test_latex_is_well_formed_and_escaped(metrics_files, tmp_path):
+    out = tmp_path / "report"
+    build_report(metrics_files, out)
+    for name in ("summary", "wide", "gains", "per_gene"):
+        tex = (out / f"{name}.tex").read_text()
+        for env in ("table", "tabular"):
+            assert tex.count(rf"\begin{{{env}}}") == tex.count(rf"\end{{{env}}}") > 0
+        # No unescaped underscore or percent sign outside commands.
+        assert not re.search(r"(?<!\\)[_%]", tex), name
+        assert r"enc\_a" in tex or r"gene\_" in tex
+        for line in tex.splitlines():
+            if line.endswith(r"\\"):
+                n_cols = len(re.search(r"\\begin\{tabular\}\{(\w+)\}", tex).group(1))
+                assert line.count(" & ") == n_cols - 1, line
+    assert r"(\%)" in (out / "gains.tex").read_text()
+    assert latex_escape("a_b 5% & $x ± y") == r"a\_b 5\% \& \$x $\pm$ y"
+
+
+def test_numbers_agree_across_formats(metrics_files, tmp_path):
+    out = tmp_path / "report"
+    build_report(metrics_files, out, options=parse_options('{"decimals": 4}'))
+    summary = pd.read_csv(out / "summary.csv")
+    md, tex, html = ((out / f).read_text() for f in ("summary.md", "summary.tex", "index.html"))
+    for r in summary.itertuples():
+        cell = f"{r.pearson_mean:.4f} ± {r.pearson_std:.4f}"
+        assert cell in md and cell in html
+        assert cell.replace("±", r"$\pm$") in tex
+        ci = f"[{r.ci_low:.4f}, {r.ci_high:.4f}]"
+        assert ci in md and ci in tex and ci in html
+        if r.p_wilcoxon == r.p_wilcoxon:  # not NaN: the reference row has no test
+            p = f"{r.p_wilcoxon:.3g}"
+            assert f"| {p} |" in md and f"& {p} &" in tex and f">{p}<" in html
+
+
+def test_bad_input_is_one_clear_error(tmp_path, metrics_files, capsys):
+    with pytest.raises(HistofuseError, match=r"config `report` has unknown key\(s\) \['decimal'\]"):
+        parse_options('{"decimal": 2}')
+    with pytest.raises(HistofuseError, match="report.confidence"):
+        parse_options('{"confidence": 1.5}')
+    bad = tmp_path / "bad.parquet"
+    pd.DataFrame({"features": ["x"], "gene": ["g"]}).to_parquet(bad)
+    with pytest.raises(HistofuseError, match=r"bad.parquet lacks column\(s\) \['pearson'\]"):
+        build_report([bad], tmp_path / "r")
+    missing = tmp_path / "none.parquet"
+    assert main(["report", "--metrics", str(missing), "--out", str(tmp_path / "r")]) == 2
+    assert f"metrics file {missing} does not exist" in capsys.readouterr().err
+
+
+def test_cli_report_writes_every_file(metrics_files, tmp_path):
+    out = tmp_path / "report"
+    rc = main(["report", "--metrics", *map(str, metrics_files), "--out", str(out)])
+    assert rc == 0
+    for name in ("summary", "wide", "gains", "per_gene"):
+        for ext in ("csv", "md", "tex"):
+            assert (out / f"{name}.{ext}").stat().st_size > 0
+    for name in ("bars", "heatmap"):
+        for ext in ("png", "svg"):
+            assert (out / f"{name}.{ext}").stat().st_size > 1000
+    html = (out / "index.html").read_text()
+    assert html.count("data:image/png;base64,") == 2
+    assert not re.search(r"""src=["'](?!data:)""", html)  # self-contained

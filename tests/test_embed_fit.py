@@ -84,7 +84,9 @@ def test_fit_writes_per_fold_gene_metrics(stores, small_cohort, tmp_path):
     assert m["pearson"].notna().all() and m["pearson"].between(-1, 1).all()
     assert m["pearson"].mean() > 0.2  # expression depends on the image
     saved = pd.read_parquet(tmp_path / "m.parquet")
-    pd.testing.assert_frame_equal(saved, m)
+    pd.testing.assert_frame_equal(
+        saved[saved["protocol"] == "hest-pooled"].reset_index(drop=True), m.reset_index(drop=True)
+    )
     pred = pd.read_parquet(tmp_path / "p.parquet")
     # every spot predicted exactly once, by the fold that held its patient out
     assert not pred.duplicated(["sample", "barcode"]).any()

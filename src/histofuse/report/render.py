@@ -124,12 +124,3 @@ class Grid:
         out.append("</tbody></table>")
         note = f'<p class="note">{html.escape(self.note)}</p>' if self.note else ""
         return note + "".join(out)
-
-
-def latex_document(tables: list[str]) -> str:
-    """A standalone LaTeX document holding the given table floats (needs booktabs)."""
-    body = "\n".join(tables)
-    return (
-        "\\documentclass{article}\n\\usepackage{booktabs}\n\\usepackage[margin=1.5cm]{geometry}\n"
-        "\\begin{document}\n" + body + "\\end{document}\n"
-    )

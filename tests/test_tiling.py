@@ -19,7 +19,7 @@ def test_spot_patches_are_centred_on_the_spots(small_cohort, small_tiles):
         barcodes, xy = read_spots(sheet.at[sample, "expression"])
         assert table["barcode"].tolist() == barcodes.tolist()
         mpp = meta["mpp_x"]
-        assert meta["mpp_source"] == "openslide"
+        assert meta["mpp_source"] == "openslide.mpp"
         size0 = 56.0 / mpp
         centre = table[["x0", "y0"]].to_numpy() + table[["size0"]].to_numpy() / 2
         assert np.abs(centre - xy).max() <= 1.0  # within one level-0 pixel

@@ -11,13 +11,7 @@ import pandas as pd
 from PIL import Image
 from torch.utils.data import Dataset
 
-from histofuse.slides.wsi import open_slide
-
-
-def best_level(downsamples: tuple[float, ...], target: float) -> int:
-    """Returns the coarsest pyramid level whose downsample is at or finer than ``target``."""
-    ok = [i for i, d in enumerate(downsamples) if d <= target * 1.001]
-    return max(ok, key=lambda i: downsamples[i]) if ok else 0
+from histofuse.slides.wsi import best_level, open_slide
 
 
 class TileDataset(Dataset):

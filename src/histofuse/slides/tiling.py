@@ -81,11 +81,11 @@ def _slide_meta(
 
 
 def _boxes(cx: np.ndarray, cy: np.ndarray, size0: float) -> dict[str, np.ndarray]:
-    """Level-0 boxes of side ``round(size0)`` whose centres are within half a pixel of (cx, cy)."""
+    """Level-0 boxes of side ``round(size0)`` whose centres are within one pixel of (cx, cy)."""
     side = max(1, round(size0))
     return {
-        "x0": np.floor(cx - side / 2 + 0.5).astype(np.int64),
-        "y0": np.floor(cy - side / 2 + 0.5).astype(np.int64),
+        "x0": np.floor(cx - size0 / 2).astype(np.int64),
+        "y0": np.floor(cy - size0 / 2).astype(np.int64),
         "size0": np.full(len(cx), side, dtype=np.int64),
     }
 

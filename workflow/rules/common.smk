@@ -93,3 +93,21 @@ def all_metrics(wildcards=None):
 
 def parent_of_first_output(wildcards, output):
     return os.path.dirname(output[0]) or "."
+
+
+def expression_input(wildcards):
+    expression = expression_of(wildcards)
+    return [expression] if expression else []
+
+
+def tiling_flags(wildcards):
+    import json
+    import shlex
+
+    t = config["tiling"]
+    flags = f"--mode {t['mode']} --min-tissue {t['min_tissue']}"
+    if t.get("stride_um") is not None:
+        flags += f" --stride-um {t['stride_um']}"
+    if hasattr(wildcards, "sample") and expression_of(wildcards):
+        flags += f" --expression {shlex.quote(expression_of(wildcards))}"
+    return flags + f" --tissue {shlex.quote(json.dumps(t['tissue'], sort_keys=True))}"

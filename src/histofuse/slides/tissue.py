@@ -136,9 +136,11 @@ def detect_tissue(slide: Any, mpp: float, params: TissueParams) -> TissueMask:
     if params.method == "od":
         valid &= rgb.min(axis=-1) >= params.black_value
     px_um = mpp * ds
-    if valid.sum() < 2 or np.ptp(score[valid]) == 0:
+    # Black pixels score as background, so Otsu splits tissue from white and black alike.
+    score = np.where(valid, score, 0.0)
+    if not valid.any() or np.ptp(score) == 0:
         return TissueMask(np.zeros(score.shape, bool), ds, level, float("nan"), rgb)
-    threshold = float(filters.threshold_otsu(score[valid]))
+    threshold = float(filters.threshold_otsu(score))
     mask = (score > threshold) & valid
     radius = max(1, round(params.close_um / px_um))
     footprint = morphology.disk(radius)

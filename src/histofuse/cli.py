@@ -50,6 +50,14 @@ def _tile(args: argparse.Namespace) -> None:
         min_tissue=args.min_tissue,
         tissue=tissue,
     )
+    if args.patches:
+        from histofuse.slides.patches import patch_tiles
+
+        table, meta = patch_tiles(args.patches, args.patch_um, args.target_mpp)
+        meta["sample"] = args.sample[0]
+        write_tiles(table, meta, Path(args.out))
+        write_stats(meta, Path(args.stats) if args.stats else Path(args.out).with_suffix(".json"))
+        return
     if args.sheet:
         if not args.out_dir:
             raise HistofuseError("tile --sheet needs --out-dir")
@@ -209,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--qc", help="QC thumbnail (default: beside --out, .qc.png)")
     s.add_argument("--stats", help="counts/timings JSON (default: beside --out, .json)")
     s.add_argument("--keep-going", action="store_true", help="tile the other samples on error")
+    s.add_argument("--patches", help="pre-cut patches .h5 (HEST) used instead of a slide")
     s.set_defaults(func=_tile)
 
     s = sub.add_parser("embed", help="embed the tiles of a shard with one encoder")

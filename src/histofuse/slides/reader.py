@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from histofuse.slides.tissue import rgba_to_rgb
 from histofuse.slides.wsi import best_level, open_slide
 
-__all__ = ["TileDataset", "best_level", "plan_blocks"]
+__all__ = ["TileDataset", "best_level", "open_tile_source", "plan_blocks"]
 
 
 def plan_blocks(
@@ -130,3 +130,12 @@ class TileDataset(Dataset):
         state["_slide"] = None
         state["_cached"] = None
         return state
+
+
+def open_tile_source(tiles: pd.DataFrame, meta: dict[str, Any]) -> Dataset:
+    """Returns the dataset of a tiles table: pre-cut patches (``source: h5``) or a slide."""
+    if meta.get("source") == "h5":
+        from histofuse.slides.patches import H5PatchDataset
+
+        return H5PatchDataset(tiles, meta)  # type: ignore[return-value]
+    return TileDataset(tiles, meta)

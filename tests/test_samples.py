@@ -53,3 +53,42 @@ def test_bad_sheets_name_the_problem(tmp_path, rows, header, message):
 def test_missing_sheet(tmp_path):
     with pytest.raises(HistofuseError, match="sample sheet .*nope.tsv does not exist"):
         load_samples(tmp_path / "nope.tsv")
+
+
+def test_hest1k_folder_becomes_the_sample_table(small_cohort, tmp_path):
+    import json
+    import shutil
+
+    from histofuse.errors import HistofuseError
+    from histofuse.samples import load_samples
+    from histofuse.slides.spec import TilingSpec
+    from histofuse.slides.tiling import tile_sample
+
+    sheet = load_samples(small_cohort)
+    hest = tmp_path / "hest"
+    for sub in ("wsis", "st", "metadata"):
+        (hest / sub).mkdir(parents=True)
+    for i, (sid, row) in enumerate(sheet.iterrows()):
+        shutil.copy(row["slide"], hest / "wsis" / f"{sid}.tif")
+        shutil.copy(row["expression"], hest / "st" / f"{sid}.h5ad")
+        meta = {"pixel_size_um_estimated": 0.5, "patient": row["patient_id"] if i else None}
+        (hest / "metadata" / f"{sid}.json").write_text(json.dumps(meta))
+    table = load_samples(hest)
+    assert table.index.tolist() == sorted(sheet.index)
+    first = table.index[0]
+    assert table.at[first, "patient_id"] == first  # no patient in the metadata
+    assert (
+        table["patient_id"].iloc[1:].tolist() == sheet.loc[table.index[1:], "patient_id"].tolist()
+    )
+    assert (table["mpp"] == 0.5).all() and table["slide"].str.endswith(".tif").all()
+    spec = TilingSpec(patch_um=56.0, target_mpp=1.0)
+    tiles, meta, _ = tile_sample(
+        table.at[first, "slide"], spec, table.at[first, "expression"], table.at[first, "mpp"]
+    )
+    assert meta["mpp_source"] == "override" and len(tiles) > 0
+    (hest / "metadata" / f"{first}.json").write_text("{}")
+    with pytest.raises(HistofuseError, match=f"{first}.json has no numeric"):
+        load_samples(hest)
+    (hest / "st" / f"{first}.h5ad").unlink()
+    with pytest.raises(HistofuseError, match=f"{first}.tif has no st/{first}.h5ad"):
+        load_samples(hest)

@@ -1,3 +1,8 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import openslide
 import pytest
@@ -19,7 +24,7 @@ def test_spot_patches_are_centred_on_the_spots(small_cohort, small_tiles):
         barcodes, xy = read_spots(sheet.at[sample, "expression"])
         assert table["barcode"].tolist() == barcodes.tolist()
         mpp = meta["mpp_x"]
-        assert meta["mpp_source"] == "openslide"
+        assert meta["mpp_source"] == "openslide.mpp"
         size0 = 56.0 / mpp
         centre = table[["x0", "y0"]].to_numpy() + table[["size0"]].to_numpy() / 2
         assert np.abs(centre - xy).max() <= 1.0  # within one level-0 pixel
@@ -96,3 +101,155 @@ def test_tiles_file_round_trip_and_errors(tmp_path, small_tiles):
     table.to_parquet(tmp_path / "plain.parquet")
     with pytest.raises(HistofuseError, match="no histofuse metadata"):
         read_tiles(tmp_path / "plain.parquet")
+
+
+def test_grid_tiles_match_an_independent_grid_over_tissue(small_cohort, tmp_path):
+    from histofuse.slides.tiling import tile_sample
+
+    sheet = load_samples(small_cohort)
+    slide = sheet["slide"].iloc[0]
+    spec = TilingSpec(mode="grid", patch_um=48.0, target_mpp=0.75, stride_um=40.0, min_tissue=0.5)
+    table, meta, mask = tile_sample(slide, spec)
+    with openslide.OpenSlide(slide) as s:
+        mpp = float(s.properties["openslide.mpp-x"])
+        w, h = s.dimensions
+    # independent grid: centres at k · stride + patch / 2 (µm), all that fit in the slide
+    side, step = 48.0 / mpp, 40.0 / mpp
+    xs = np.arange(0, w - side + 1e-6, step) + side / 2
+    ys = np.arange(0, h - side + 1e-6, step) + side / 2
+    assert meta["n_candidates"] == len(xs) * len(ys)
+    centres = table[["x0", "y0"]].to_numpy() + table[["size0"]].to_numpy() / 2
+    ix = np.rint((centres[:, 0] - side / 2) / step).astype(int)
+    iy = np.rint((centres[:, 1] - side / 2) / step).astype(int)
+    assert np.abs(centres[:, 0] - xs[ix]).max() <= 1.0
+    assert np.abs(centres[:, 1] - ys[iy]).max() <= 1.0
+    assert meta["effective_mpp"] == pytest.approx(0.75, rel=0.01)
+    assert meta["mpp_source"] == "openslide.mpp"
+    # kept tiles are the tissue ones, and the slide has background that was dropped
+    assert (table["tissue"] >= 0.5).all() and 0 < len(table) < meta["n_candidates"]
+    # tissue fraction of each tile recomputed from the mask by brute force
+    ds = mask.downsample
+    for x0, y0, s0, frac in table[["x0", "y0", "size0", "tissue"]].to_numpy()[:20]:
+        x0, y0, s0 = int(x0), int(y0), int(s0)
+        sub = mask.mask[
+            round(y0 / ds) : round((y0 + s0) / ds), round(x0 / ds) : round((x0 + s0) / ds)
+        ]
+        assert frac == pytest.approx(sub.mean())
+
+
+def test_tissue_mask_finds_tissue_on_white_and_black_backgrounds(tmp_path):
+    from histofuse.slides.tissue import TissueParams, detect_tissue
+
+    rng = np.random.default_rng(0)
+    for bg in (245, 5):
+        img = np.full((1024, 1024, 3), bg, dtype=np.uint8)
+        tissue = np.zeros((1024, 1024), bool)
+        yy, xx = np.mgrid[:1024, :1024]
+        tissue[(yy - 500) ** 2 + (xx - 420) ** 2 < 300**2] = True
+        pink = np.stack(
+            [
+                200 + rng.integers(-20, 20, tissue.sum()),
+                90 + rng.integers(-20, 20, tissue.sum()),
+                170 + rng.integers(-20, 20, tissue.sum()),
+            ],
+            axis=1,
+        )
+        img[tissue] = pink.clip(0, 255).astype(np.uint8)
+        path = tmp_path / f"bg{bg}.tiff"
+        from histofuse.demo import _write_pyramid
+
+        _write_pyramid(img, path, 0.5)
+        for method in ("saturation", "od"):
+            with openslide.OpenSlide(path) as s:
+                m = detect_tissue(s, 0.5, TissueParams(method=method))
+            truth = tissue[:: int(m.downsample), :: int(m.downsample)][
+                : m.mask.shape[0], : m.mask.shape[1]
+            ]
+            iou = (m.mask & truth).sum() / (m.mask | truth).sum()
+            assert iou > 0.9, (bg, method, iou)
+
+
+def test_mpp_from_tiff_resolution_and_vendor_keys():
+    from histofuse.slides.wsi import _metadata_mpp
+
+    assert _metadata_mpp(
+        {
+            "tiff.XResolution": "40000",
+            "tiff.YResolution": "20000",
+            "tiff.ResolutionUnit": "centimeter",
+        }
+    ) == (0.25, 0.5, "tiff.resolution")
+    assert _metadata_mpp({"tiff.XResolution": "72", "tiff.YResolution": "72"}) is None  # no unit
+    assert _metadata_mpp({"aperio.MPP": "0.2527"}) == (0.2527, 0.2527, "aperio.MPP")
+    assert (
+        _metadata_mpp({"openslide.mpp-x": "0.3", "openslide.mpp-y": "0.3", "aperio.MPP": "9"})[2]
+        == "openslide.mpp"
+    )
+
+
+def test_block_reader_gives_the_same_patches_as_tile_by_tile(small_cohort):
+    from histofuse.slides.reader import plan_blocks
+    from histofuse.slides.tiling import tile_sample
+
+    sheet = load_samples(small_cohort)
+    spec = TilingSpec(mode="grid", patch_um=64.0, target_mpp=1.0, min_tissue=0.0)
+    table, meta, _ = tile_sample(sheet["slide"].iloc[1], spec)
+    blocked, single = TileDataset(table, meta), TileDataset(table, meta, block_px=0)
+    for i in range(len(table)):
+        np.testing.assert_array_equal(blocked[i], single[i])
+    block_of, blocks = plan_blocks(blocked._lboxes)
+    assert len(blocks) < len(table) / 3  # adjacent tiles share reads
+    assert np.all(np.diff(block_of) >= 0) and np.all(np.bincount(block_of) <= 8)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "histofuse"
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=300)
+
+
+def test_bad_samples_fail_alone_with_keep_going(small_cohort, tmp_path):
+    sheet = load_samples(small_cohort)
+    good = sheet.iloc[0]
+    nompp = tmp_path / "nompp.tiff"
+    tifffile.imwrite(nompp, np.full((512, 512, 3), 200, np.uint8), tile=(256, 256))
+    (tmp_path / "broken.tiff").write_bytes(b"II*\x00 truncated")
+    rows = [
+        ("good", "P1", good["slide"], good["expression"]),
+        ("nompp", "P1", "nompp.tiff", ""),
+        ("broken", "P2", "broken.tiff", ""),
+        ("missing", "P2", "gone/missing.tiff", ""),
+    ]
+    tsv = tmp_path / "samples.tsv"
+    tsv.write_text(
+        "sample_id\tpatient_id\tslide\texpression\n" + "".join("\t".join(r) + "\n" for r in rows)
+    )
+    samples = [a for r in rows for a in ("--sample", r[0])]
+    common = ["--sheet", str(tsv), *samples, "--patch-um", "56", "--target-mpp", "1"]
+    out = tmp_path / "tiles"
+    # without --keep-going the sheet check names the row of the missing file
+    r = _cli("tile", *common, "--out-dir", str(out))
+    assert r.returncode == 2
+    assert "row 5 (missing): slide file" in r.stderr and "missing.tiff does not exist" in r.stderr
+    r = _cli("tile", *common, "--mode", "grid", "--keep-going", "--out-dir", str(out))
+    assert r.returncode == 2, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("histofuse: error:")]
+    assert any("sample nompp" in e and "`mpp` column" in e for e in errors)
+    assert any("sample broken" in e and "cannot be read by OpenSlide" in e for e in errors)
+    assert any("sample missing" in e and "does not exist" in e for e in errors)
+    assert "3 of 4 samples failed" in errors[-1]
+    assert sorted(p.name for p in out.iterdir()) == ["good.json", "good.parquet", "good.qc.png"]
+    stats = json.loads((out / "good.json").read_text())
+    assert stats["n_tiles"] == len(read_tiles(out / "good.parquet")[0]) > 0
+    assert stats["mpp_source"] == "openslide.mpp" and set(stats["timings"]) >= {"tissue"}
+    with Image.open(out / "good.qc.png") as qc:
+        assert min(qc.size) >= 400
+
+
+def test_duplicate_sample_id_names_the_rows(small_cohort, tmp_path):
+    sheet = load_samples(small_cohort)
+    tsv = tmp_path / "dup.tsv"
+    row = f"\tP1\t{sheet['slide'].iloc[0]}\t{sheet['expression'].iloc[0]}\n"
+    tsv.write_text("sample_id\tpatient_id\tslide\texpression\n" + "a" + row + "b" + row + "a" + row)
+    r = _cli("tile", "--sheet", str(tsv), "--sample", "a", "--out-dir", str(tmp_path / "o"))
+    assert r.returncode == 2
+    assert r.stderr.strip().endswith("duplicate sample_id 'a' (rows 2, 4)")

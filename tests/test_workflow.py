@@ -76,7 +76,6 @@ def test_dry_run_plans_the_demo(tmp_path):
         "fit": 13,
         "report": 1,
         "tile": 6,
-        "qc_thumbnail": 6,
     }
     assert not (tmp_path / "results").exists()
 
@@ -275,7 +274,7 @@ def test_demo_report_files_and_formats_agree(demo_run):
     out = work / "results/report"
     for name in [*REPORT_FILES, "index.html"]:
         assert (out / name).stat().st_size > 0, name
-    assert len(list((work / "results/qc").glob("*.png"))) == 6
+    assert len(list((work / "results/tiles").glob("*.qc.png"))) == 6
     summary = pd.read_csv(out / "summary.csv")
     md, tex, html = ((out / f).read_text() for f in ("summary.md", "summary.tex", "index.html"))
     for r in summary.itertuples():
@@ -319,7 +318,7 @@ def test_snakemake_report_zip_has_every_reported_file(demo_run):
     names = zipfile.ZipFile(work / "report.zip").namelist()
     for f in ("summary.csv", "wide.csv", "gains.csv", "per_gene.csv", "heatmap.svg", "index.html"):
         assert any(n.endswith(f) for n in names), f
-    assert sum(bool(re.search(r"/P\d-S\d\.png$", n)) for n in names) == 6  # tiling QC
+    assert sum(bool(re.search(r"/P\d-S\d\.qc\.png$", n)) for n in names) == 6  # tiling QC
 
 
 # --- index.html in a real headless Chromium ---

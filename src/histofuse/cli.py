@@ -35,13 +35,34 @@ def _tile(args: argparse.Namespace) -> None:
 
     from histofuse.samples import load_samples
     from histofuse.slides.spec import TilingSpec
-    from histofuse.slides.tiling import tile_spots, write_tiles
+    from histofuse.slides.tiling import tile_sample, write_qc, write_stats, write_tiles
+    from histofuse.slides.tissue import TissueParams
 
-    spec = TilingSpec(mode="spots", patch_um=args.patch_um, target_mpp=args.target_mpp)
+    try:
+        tissue = TissueParams(**json.loads(args.tissue))
+    except (TypeError, ValueError) as exc:
+        raise HistofuseError(f"tile --tissue {args.tissue!r} is not valid: {exc}") from None
+    spec = TilingSpec(
+        mode=args.mode,
+        patch_um=args.patch_um,
+        target_mpp=args.target_mpp,
+        stride_um=args.stride_um,
+        min_tissue=args.min_tissue,
+        tissue=tissue,
+    )
+    if args.patches:
+        from histofuse.slides.patches import patch_tiles
+
+        table, meta = patch_tiles(args.patches, args.patch_um, args.target_mpp)
+        meta["sample"] = args.sample[0]
+        write_tiles(table, meta, Path(args.out))
+        write_stats(meta, Path(args.stats) if args.stats else Path(args.out).with_suffix(".json"))
+        return
     if args.sheet:
         if not args.out_dir:
             raise HistofuseError("tile --sheet needs --out-dir")
-        sheet = load_samples(args.sheet)
+        # With --keep-going a missing file fails only its own sample, not the whole sheet.
+        sheet = load_samples(args.sheet, check_files=not args.keep_going)
         unknown = sorted(set(args.sample) - set(sheet.index))
         if unknown:
             raise HistofuseError(f"samples {unknown} are not in sheet {args.sheet}")
@@ -57,14 +78,38 @@ def _tile(args: argparse.Namespace) -> None:
         ]
         Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     else:
-        if len(args.sample) != 1 or not (args.slide and args.expression and args.out):
-            raise HistofuseError("tile needs one --sample with --slide, --expression and --out")
+        if len(args.sample) != 1 or not (args.slide and args.out):
+            raise HistofuseError("tile needs one --sample with --slide and --out")
         jobs = [(args.sample[0], args.slide, args.expression, args.mpp, Path(args.out))]
+    failed = []
     for sample, slide, expression, mpp, out in jobs:
-        table, meta = tile_spots(slide, expression, spec, mpp_override=mpp)
+        try:
+            table, meta, mask = tile_sample(slide, spec, expression or None, mpp_override=mpp)
+        except HistofuseError as exc:
+            if not args.keep_going:
+                raise HistofuseError(f"sample {sample}: {exc}") from None
+            print(f"histofuse: error: sample {sample}: {exc}", file=sys.stderr)
+            failed.append(sample)
+            continue
         meta["sample"] = sample
         write_tiles(table, meta, out)
-        logging.info("%s: %d spot patches of %d px", sample, len(table), spec.patch_px)
+        stem = out.with_suffix("")
+        write_qc(table, meta, mask, Path(args.qc) if args.qc else stem.with_suffix(".qc.png"))
+        write_stats(meta, Path(args.stats) if args.stats else stem.with_suffix(".json"))
+        logging.info(
+            "%s: %d %s tiles of %d px at %.4g µm/px (µm/px from %s)",
+            sample,
+            len(table),
+            spec.mode,
+            spec.patch_px,
+            meta["effective_mpp"],
+            meta["mpp_source"],
+        )
+    if failed:
+        raise HistofuseError(
+            f"{len(failed)} of {len(jobs)} samples failed ({', '.join(failed)}); "
+            "the others were tiled"
+        )
 
 
 def _embed(args: argparse.Namespace) -> None:
@@ -110,12 +155,6 @@ def _report(args: argparse.Namespace) -> None:
         options=parse_options(args.options),
     )
     logging.info("report: %d rows", len(summary))
-
-
-def _qc_thumbnail(args: argparse.Namespace) -> None:
-    from histofuse.report.plots import qc_thumbnail
-
-    qc_thumbnail(args.tiles, args.out, max_px=args.max_px)
 
 
 def _encoders(args: argparse.Namespace) -> None:
@@ -168,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--genes", type=int, default=120)
     s.set_defaults(func=_demo_cohort)
 
-    s = sub.add_parser("tile", help="spot-centred patch coordinates of one or more samples")
+    s = sub.add_parser("tile", help="tile coordinates (spots or grid) of one or more samples")
     s.add_argument("--sample", action="append", required=True, help="repeat with --sheet")
     s.add_argument("--sheet", help="sample sheet: tile the given samples into --out-dir")
     s.add_argument("--out-dir", help="folder of {sample}.parquet files (with --sheet)")
@@ -178,6 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target-mpp", type=float, default=0.5)
     s.add_argument("--mpp", type=float, default=None, help="µm/px override for this slide")
     s.add_argument("--out", help="tiles parquet (one sample)")
+    s.add_argument("--mode", choices=["spots", "grid"], default="spots")
+    s.add_argument("--stride-um", type=float, default=None, help="grid step (default patch)")
+    s.add_argument("--min-tissue", type=float, default=0.5, help="grid: min tissue fraction")
+    s.add_argument("--tissue", default="{}", help="tissue detection parameters (JSON)")
+    s.add_argument("--qc", help="QC thumbnail (default: beside --out, .qc.png)")
+    s.add_argument("--stats", help="counts/timings JSON (default: beside --out, .json)")
+    s.add_argument("--keep-going", action="store_true", help="tile the other samples on error")
+    s.add_argument("--patches", help="pre-cut patches .h5 (HEST) used instead of a slide")
     s.set_defaults(func=_tile)
 
     s = sub.add_parser("embed", help="embed the tiles of a shard with one encoder")
@@ -211,12 +258,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--qc", nargs="*", help="tiling QC thumbnails (PNG) shown in index.html")
     s.add_argument("--options", default="{}", help="report options as JSON (config `report`)")
     s.set_defaults(func=_report)
-
-    s = sub.add_parser("qc-thumbnail", help="slide thumbnail with the tiled patches outlined")
-    s.add_argument("--tiles", required=True)
-    s.add_argument("--out", required=True, help="PNG path")
-    s.add_argument("--max-px", type=int, default=768)
-    s.set_defaults(func=_qc_thumbnail)
 
     s = sub.add_parser("encoders", help="list the encoder registry")
     s.add_argument("--json", action="store_true")

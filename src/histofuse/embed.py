@@ -136,7 +136,7 @@ def embed_shard(
 
     from histofuse.cache.store import FeatureStoreWriter
     from histofuse.encoders.model import create_encoder
-    from histofuse.slides.reader import TileDataset
+    from histofuse.slides.reader import open_tile_source
     from histofuse.slides.tiling import read_tiles
 
     device = resolve_device(device)
@@ -189,7 +189,7 @@ def embed_shard(
         for path, table, meta in tables:
             sample = path.name.removesuffix(".parquet")
             loader = DataLoader(
-                TileDataset(table, meta),
+                open_tile_source(table, meta),
                 batch_size=batch_size,
                 num_workers=num_workers,
                 pin_memory=device.startswith("cuda"),

@@ -14,14 +14,14 @@ OPTIONAL = ("expression", "mpp")
 
 
 def load_samples(path: str | Path, check_files: bool = True) -> pd.DataFrame:
-    """Reads and validates a sample sheet (TSV).
+    """Reads and validates a sample sheet (TSV), or builds it from a HEST-1k folder.
 
     Columns: ``sample_id``, ``patient_id``, ``slide`` (required), ``expression`` (``.h5ad``,
     for spot tasks) and ``mpp`` (a µm/px override) (optional). Relative paths resolve against the
     sheet's folder.
 
     Args:
-        path: The sheet.
+        path: The sheet, or a HEST-1k style folder (see :func:`histofuse.hest.read_hest1k`).
         check_files: Whether every referenced file must exist.
 
     Returns:
@@ -31,6 +31,10 @@ def load_samples(path: str | Path, check_files: bool = True) -> pd.DataFrame:
         HistofuseError: Naming the row and column of the first problem.
     """
     path = Path(path)
+    from histofuse.hest import is_hest1k, read_hest1k
+
+    if is_hest1k(path):
+        return read_hest1k(path)
     if not path.is_file():
         raise HistofuseError(f"sample sheet {path} does not exist; check `samples:` in the config")
     try:

@@ -103,10 +103,30 @@ def all_predictions(wildcards=None):
 
 
 def all_qc_thumbnails(wildcards=None):
-    return [f"results/qc/{s}.png" for s in SAMPLES.index]
+    if config["tiling"]["jobs"] != "sample":
+        return []
+    return [f"results/tiles/{s}.qc.png" for s in SAMPLES.index]
 
 
 def report_options(wildcards):
     import json
 
     return json.dumps(config["report"], sort_keys=True)
+
+
+def expression_input(wildcards):
+    expression = expression_of(wildcards)
+    return [expression] if expression else []
+
+
+def tiling_flags(wildcards):
+    import json
+    import shlex
+
+    t = config["tiling"]
+    flags = f"--mode {t['mode']} --min-tissue {t['min_tissue']}"
+    if t.get("stride_um") is not None:
+        flags += f" --stride-um {t['stride_um']}"
+    if hasattr(wildcards, "sample") and expression_of(wildcards):
+        flags += f" --expression {shlex.quote(expression_of(wildcards))}"
+    return flags + f" --tissue {shlex.quote(json.dumps(t['tissue'], sort_keys=True))}"

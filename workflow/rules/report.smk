@@ -38,19 +38,3 @@ rule report:
         "histofuse report --metrics {input.metrics:q} --predictions {input.predictions:q}"
         " --qc {input.qc:q} --options {params.options:q} --out {params.out:q} > {log:q} 2>&1"
 
-
-# Tiling QC: the slide thumbnail with every patch outlined, one per sample.
-rule qc_thumbnail:
-    input:
-        tiles="results/tiles/{sample}.parquet",
-        slide=ancient(slide_of),
-    output:
-        report("results/qc/{sample}.png", caption="../report/qc.rst", category="Tiling QC"),
-    benchmark:
-        "logs/benchmark/qc_thumbnail/{sample}.tsv"
-    log:
-        "logs/qc_thumbnail/{sample}.log",
-    conda:
-        "../../envs/histofuse.yaml"
-    shell:
-        "histofuse qc-thumbnail --tiles {input.tiles:q} --out {output:q} > {log:q} 2>&1"

@@ -1,4 +1,5 @@
-# Spot-centred patch coordinates (coordinates only, never pixels), one parquet per sample.
+# Tile coordinates (coordinates only, never pixels), one parquet per sample, with a QC thumbnail
+# (tissue contour and tiles) and a JSON of counts, µm/px source and timings beside it.
 # `tiling.jobs: sample` runs one job per sample (results/tiles/{sample}.parquet; a failing slide
 # stops only itself); `shard` tiles all samples of an embed shard in one job
 # (results/tiles/shards/{shard}/{sample}.parquet), which keeps the DAG small for many slides.
@@ -7,10 +8,15 @@ if config["tiling"]["jobs"] == "sample":
     rule tile:
         input:
             slide=ancient(slide_of),
-            expression=ancient(expression_of),
+            expression=ancient(expression_input),
         output:
-            "results/tiles/{sample}.parquet",
+            tiles="results/tiles/{sample}.parquet",
+            qc=report(
+                "results/tiles/{sample}.qc.png", caption="../report/qc.rst", category="Tiling QC"
+            ),
+            stats="results/tiles/{sample}.json",
         params:
+            tiling=tiling_flags,
             patch_um=config["tiling"]["patch_um"],
             target_mpp=config["tiling"]["target_mpp"],
             mpp=mpp_flag,
@@ -22,8 +28,9 @@ if config["tiling"]["jobs"] == "sample":
             "../../envs/histofuse.yaml"
         shell:
             "histofuse tile --sample {wildcards.sample} --slide {input.slide:q}"
-            " --expression {input.expression:q} --patch-um {params.patch_um}"
-            " --target-mpp {params.target_mpp} {params.mpp} --out {output:q} > {log:q} 2>&1"
+            " {params.tiling} --patch-um {params.patch_um}"
+            " --target-mpp {params.target_mpp} {params.mpp} --out {output.tiles:q}"
+            " --qc {output.qc:q} --stats {output.stats:q} > {log:q} 2>&1"
 
 else:
 
@@ -36,6 +43,7 @@ else:
             directory("results/tiles/shards/{shard}"),
         params:
             samples=shard_sample_flags,
+            tiling=tiling_flags,
             patch_um=config["tiling"]["patch_um"],
             target_mpp=config["tiling"]["target_mpp"],
         benchmark:
@@ -45,6 +53,6 @@ else:
         conda:
             "../../envs/histofuse.yaml"
         shell:
-            "histofuse tile --sheet {input.sheet:q} {params.samples}"
+            "histofuse tile --sheet {input.sheet:q} {params.samples} {params.tiling}"
             " --patch-um {params.patch_um} --target-mpp {params.target_mpp}"
             " --out-dir {output:q} > {log:q} 2>&1"

@@ -1,15 +1,18 @@
-"""Tiling: coordinates of spot-centred patches at a true target µm/px.
+"""Tiling: coordinates of grid tiles or spot-centred patches at a true target µm/px.
 
 Tiling writes coordinates, never pixels: every encoder later reads the same patches through
 :class:`histofuse.slides.reader.TileDataset`. A tiles table has one row per patch with its centre
-and top-left corner in level-0 pixels, the patch side in level-0 pixels, centre in µm, and the
-spot barcode. The table's parquet metadata holds the slide path, µm/px and its source, and the
-tiling spec, so that a tiles file is self-describing.
+and top-left corner in level-0 pixels, the patch side in level-0 pixels, centre in µm, its
+tissue fraction and, for spots, the barcode. The table's parquet metadata holds the slide path,
+µm/px and its source, the read level and the tiling spec, so that a tiles file is
+self-describing.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,8 @@ import pandas as pd
 
 from histofuse.errors import HistofuseError
 from histofuse.slides.spec import TilingSpec
-from histofuse.slides.wsi import open_slide, slide_mpp
+from histofuse.slides.tissue import TissueMask, detect_tissue
+from histofuse.slides.wsi import Mpp, best_level, open_slide, slide_mpp
 
 TILES_META_KEY = b"histofuse"
 
@@ -52,52 +56,16 @@ def read_spots(expression: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return barcodes, xy
 
 
-def tile_spots(
+def _slide_meta(
     slide_path: str | Path,
-    expression: str | Path,
+    mpp: Mpp,
+    width: int,
+    height: int,
     spec: TilingSpec,
-    mpp_override: float | None = None,
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Computes one patch of ``spec.patch_um`` centred on each spot.
-
-    Args:
-        slide_path: The whole-slide image.
-        expression: The ``.h5ad`` with spot centres in level-0 px in ``obsm["spatial"]``.
-        spec: The tiling spec.
-        mpp_override: The sheet's µm/px for this slide, if set.
-
-    Returns:
-        The tiles table and its metadata (slide path, µm/px and source, spec, slide size).
-
-    Raises:
-        HistofuseError: If a spot lies outside the slide, or the slide has no µm/px.
-    """
-    with open_slide(slide_path) as slide:
-        mpp = slide_mpp(slide, slide_path, mpp_override)
-        width, height = slide.dimensions
-    barcodes, xy = read_spots(expression)
-    outside = (xy[:, 0] < 0) | (xy[:, 1] < 0) | (xy[:, 0] >= width) | (xy[:, 1] >= height)
-    if outside.any():
-        i = int(np.flatnonzero(outside)[0])
-        raise HistofuseError(
-            f"expression file {expression}: {int(outside.sum())} spot centres lie outside slide "
-            f"{slide_path} ({width}×{height} px), e.g. {barcodes[i]} at {xy[i].tolist()}; "
-            "obsm['spatial'] must hold level-0 pixel (x, y) coordinates of this slide"
-        )
-    size0 = spec.patch_um / mpp.x
-    table = pd.DataFrame(
-        {
-            "barcode": barcodes,
-            "x": xy[:, 0],
-            "y": xy[:, 1],
-            "x0": np.floor(xy[:, 0] - size0 / 2).astype(np.int64),
-            "y0": np.floor(xy[:, 1] - size0 / 2).astype(np.int64),
-            "size0": np.full(len(xy), round(size0), dtype=np.int64),
-            "x_um": xy[:, 0] * mpp.x,
-            "y_um": xy[:, 1] * mpp.y,
-        }
-    )
-    meta = {
+    level: int,
+    ds: float,
+) -> dict[str, Any]:
+    return {
         "slide": str(Path(slide_path).resolve()),
         "mpp_x": mpp.x,
         "mpp_y": mpp.y,
@@ -107,8 +75,161 @@ def tile_spots(
         "tiling": spec.to_dict(),
         "tiling_fingerprint": spec.fingerprint(),
         "patch_px": spec.patch_px,
+        "read_level": level,
+        "read_downsample": ds,
     }
+
+
+def _boxes(cx: np.ndarray, cy: np.ndarray, size0: float) -> dict[str, np.ndarray]:
+    """Level-0 boxes of side ``round(size0)`` whose centres are within one pixel of (cx, cy)."""
+    side = max(1, round(size0))
+    return {
+        "x0": np.floor(cx - size0 / 2).astype(np.int64),
+        "y0": np.floor(cy - size0 / 2).astype(np.int64),
+        "size0": np.full(len(cx), side, dtype=np.int64),
+    }
+
+
+def tile_sample(
+    slide_path: str | Path,
+    spec: TilingSpec,
+    expression: str | Path | None = None,
+    mpp_override: float | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any], TissueMask]:
+    """Tiles one sample in the spec's mode.
+
+    ``grid`` covers the slide with tiles of ``spec.patch_um`` every ``spec.step_um`` and keeps
+    those whose tissue fraction is at least ``spec.min_tissue``; ``spots`` centres one patch on
+    each spot of ``expression`` (keeping its barcode). Both record every tile's tissue fraction.
+
+    Args:
+        slide_path: The whole-slide image.
+        spec: The tiling spec.
+        expression: The ``.h5ad`` with spot centres (``spots`` mode).
+        mpp_override: The sheet's µm/px for this slide, if set.
+
+    Returns:
+        The tiles table, its metadata (slide, µm/px and source, spec, read level, effective
+        µm/px, counts, timings) and the tissue mask.
+
+    Raises:
+        HistofuseError: On a missing or unreadable slide, a slide without µm/px, a missing
+            expression file in ``spots`` mode, or spots outside the slide.
+    """
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    with open_slide(slide_path) as slide:
+        mpp = slide_mpp(slide, slide_path, mpp_override)
+        width, height = slide.dimensions
+        target_ds = spec.target_mpp / mpp.x
+        level = best_level(tuple(slide.level_downsamples), target_ds)
+        ds = float(slide.level_downsamples[level])
+        timings["open"] = time.perf_counter() - t0
+        tissue = detect_tissue(slide, mpp.x, spec.tissue)
+        timings["tissue"] = time.perf_counter() - t0 - timings["open"]
+    size0 = spec.patch_um / mpp.x
+    if spec.mode == "spots":
+        if not expression:
+            raise HistofuseError(
+                f"slide {slide_path}: spots tiling needs an expression file; set the "
+                "`expression` column of the sheet or use tiling mode grid"
+            )
+        table = _spot_table(slide_path, expression, size0, width, height)
+    elif spec.mode == "grid":
+        step0 = spec.step_um / mpp.x
+        nx = int(np.floor((width - size0) / step0 + 1e-9)) + 1 if width >= size0 else 0
+        ny = int(np.floor((height - size0) / step0 + 1e-9)) + 1 if height >= size0 else 0
+        gy, gx = np.mgrid[0:ny, 0:nx]
+        cx = gx.ravel() * step0 + size0 / 2
+        cy = gy.ravel() * step0 + size0 / 2
+        table = pd.DataFrame({"x": cx, "y": cy, **_boxes(cx, cy, size0)})
+    else:
+        raise HistofuseError(f"tiling mode {spec.mode!r} is unknown; use spots or grid")
+    table["tissue"] = tissue.box_fractions(table["x0"], table["y0"], table["size0"])
+    n_candidates = len(table)
+    if spec.mode == "grid":
+        table = table[table["tissue"] >= spec.min_tissue].reset_index(drop=True)
+    table["x_um"] = table["x"] * mpp.x
+    table["y_um"] = table["y"] * mpp.y
+    timings["tile"] = time.perf_counter() - t0 - timings["open"] - timings["tissue"]
+    meta = _slide_meta(slide_path, mpp, width, height, spec, level, ds)
+    side = int(table["size0"].iloc[0]) if len(table) else max(1, round(size0))
+    meta.update(
+        effective_mpp=side * mpp.x / spec.patch_px,
+        n_tiles=len(table),
+        n_candidates=n_candidates,
+        tissue_fraction=tissue.fraction,
+        tissue_level=tissue.level,
+        tissue_threshold=tissue.threshold,
+        timings=timings,
+    )
+    return table, meta, tissue
+
+
+def _spot_table(
+    slide_path: str | Path, expression: str | Path, size0: float, width: int, height: int
+) -> pd.DataFrame:
+    barcodes, xy = read_spots(expression)
+    outside = (xy[:, 0] < 0) | (xy[:, 1] < 0) | (xy[:, 0] >= width) | (xy[:, 1] >= height)
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        raise HistofuseError(
+            f"expression file {expression}: {int(outside.sum())} spot centres lie outside slide "
+            f"{slide_path} ({width}×{height} px), e.g. {barcodes[i]} at {xy[i].tolist()}; "
+            "obsm['spatial'] must hold level-0 pixel (x, y) coordinates of this slide"
+        )
+    return pd.DataFrame({"barcode": barcodes, "x": xy[:, 0], "y": xy[:, 1], **_boxes(*xy.T, size0)})
+
+
+def tile_spots(
+    slide_path: str | Path,
+    expression: str | Path,
+    spec: TilingSpec,
+    mpp_override: float | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Computes one patch of ``spec.patch_um`` centred on each spot (see :func:`tile_sample`)."""
+    spec = spec if spec.mode == "spots" else replace(spec, mode="spots")
+    table, meta, _ = tile_sample(slide_path, spec, expression, mpp_override)
     return table, meta
+
+
+def write_qc(
+    table: pd.DataFrame, meta: dict[str, Any], tissue: TissueMask, out: str | Path
+) -> None:
+    """Writes a QC thumbnail: the tissue level with the tissue contour and every tile drawn."""
+    from PIL import Image, ImageDraw
+    from skimage import measure
+
+    scale = max(1.0, 800 / max(tissue.rgb.shape[:2]))
+    img = Image.fromarray(tissue.rgb)
+    if scale > 1:
+        size = (round(img.width * scale), round(img.height * scale))
+        img = img.resize(size, Image.Resampling.LANCZOS)
+    draw = ImageDraw.Draw(img)
+    f = scale / tissue.downsample
+    for x0, y0, s0 in table[["x0", "y0", "size0"]].to_numpy():
+        draw.rectangle(
+            [x0 * f, y0 * f, (x0 + s0) * f - 1, (y0 + s0) * f - 1], outline=(30, 90, 230)
+        )
+    for contour in measure.find_contours(np.pad(tissue.mask, 1).astype(float), 0.5):
+        pts = [((c - 1 + 0.5) * scale, (r - 1 + 0.5) * scale) for r, c in contour]
+        if len(pts) > 1:
+            draw.line(pts, fill=(20, 200, 60), width=2)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    img.save(out)
+
+
+def write_stats(meta: dict[str, Any], out: str | Path, **extra: Any) -> None:
+    """Writes the per-sample tiling summary (counts, µm/px and its source, timings) as JSON."""
+    keys = (
+        "sample", "slide", "mpp_x", "mpp_y", "mpp_source", "effective_mpp", "read_level",
+        "read_downsample", "n_tiles", "n_candidates", "tissue_fraction", "tissue_level",
+        "timings", "tiling",
+    )  # fmt: skip
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**{k: meta.get(k) for k in keys}, **extra}, indent=2) + "\n")
 
 
 def write_tiles(table: pd.DataFrame, meta: dict[str, Any], out: str | Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,12 @@ def open_slide(path: str | Path) -> openslide.OpenSlide:
         ) from exc
 
 
+def best_level(downsamples: tuple[float, ...], target: float) -> int:
+    """Returns the coarsest pyramid level whose downsample is at or finer than ``target``."""
+    ok = [i for i, d in enumerate(downsamples) if d <= target * 1.001]
+    return max(ok, key=lambda i: downsamples[i]) if ok else 0
+
+
 @dataclass(frozen=True)
 class Mpp:
     """Level-0 µm/px of a slide and where the value came from."""
@@ -37,10 +44,40 @@ class Mpp:
     source: str
 
 
-def slide_mpp(slide: openslide.OpenSlide, path: str | Path, override: float | None = None) -> Mpp:
-    """Returns the level-0 µm/px: a per-sample override wins, else OpenSlide's properties.
+_UNIT_UM = {"centimeter": 1e4, "inch": 25400.0, "millimeter": 1e3, "micrometer": 1.0}
 
-    Never guesses: a slide without µm/px and without an override is an error.
+
+def _positive(value: object) -> float | None:
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return v if v > 0 and v == v and v != float("inf") else None
+
+
+def _metadata_mpp(props: Mapping[str, str]) -> tuple[float, float, str] | None:
+    """Returns ``(x, y, source)`` from slide properties, trying the most specific keys first."""
+    mx = _positive(props.get(openslide.PROPERTY_NAME_MPP_X))
+    my = _positive(props.get(openslide.PROPERTY_NAME_MPP_Y))
+    if mx and my:
+        return mx, my, "openslide.mpp"
+    unit = _UNIT_UM.get(str(props.get("tiff.ResolutionUnit", "")).lower())
+    rx, ry = _positive(props.get("tiff.XResolution")), _positive(props.get("tiff.YResolution"))
+    if unit and rx and ry:
+        return unit / rx, unit / ry, "tiff.resolution"
+    v = _positive(props.get("aperio.MPP"))
+    if v:
+        return v, v, "aperio.MPP"
+    return None
+
+
+def slide_mpp(slide: openslide.OpenSlide, path: str | Path, override: float | None = None) -> Mpp:
+    """Returns the level-0 µm/px: a per-sample override wins, else the slide's metadata.
+
+    Metadata is tried in order: OpenSlide's ``openslide.mpp-x/y``, the TIFF ``XResolution`` /
+    ``YResolution`` with a physical ``ResolutionUnit``, then vendor keys (``aperio.MPP``). The
+    returned :class:`Mpp` records which one gave the value. Never guesses: a slide without µm/px
+    and without an override is an error.
 
     Args:
         slide: The open slide.
@@ -48,19 +85,16 @@ def slide_mpp(slide: openslide.OpenSlide, path: str | Path, override: float | No
         override: The sheet's ``mpp`` value for this sample, if any.
 
     Raises:
-        HistofuseError: If neither an override nor an mpp property exists.
+        HistofuseError: If neither an override nor a metadata value exists.
     """
-    if override is not None:
+    if override is not None and override == override:
+        if not override > 0:
+            raise HistofuseError(f"slide {path}: the mpp override {override!r} must be positive")
         return Mpp(float(override), float(override), "override")
-    props = slide.properties
-    try:
-        mx = float(props[openslide.PROPERTY_NAME_MPP_X])
-        my = float(props[openslide.PROPERTY_NAME_MPP_Y])
-    except (KeyError, ValueError):
+    found = _metadata_mpp(slide.properties)
+    if found is None:
         raise HistofuseError(
-            f"slide {path} has no µm/px in its metadata; set the `mpp` column for this sample "
-            "in the sample sheet"
-        ) from None
-    if mx <= 0 or my <= 0:
-        raise HistofuseError(f"slide {path} reports a non-positive µm/px ({mx}, {my})")
-    return Mpp(mx, my, "openslide")
+            f"slide {path} has no µm/px in its metadata (openslide.mpp-x/y, TIFF resolution, "
+            "aperio.MPP); set the `mpp` column for this sample in the sample sheet"
+        )
+    return Mpp(*found)

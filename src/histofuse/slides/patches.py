@@ -1,0 +1,165 @@
+"""Pre-cut patches (HEST ``patches/*.h5``) as a tile source, and HEST-Bench task folders.
+
+A patches file holds ``img`` (N, H, W, 3) uint8, ``barcode`` (N or N×1 bytes) and ``coords``
+(N×2, as stored by HEST). Its tiles table has one row per patch (``barcode, x, y, index``) and
+metadata ``source: h5`` naming the file, so the embed stage reads the stored pixels instead of a
+slide. The patches are used at the scale they were cut at (HEST: 224 px at 0.5 µm/px).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from histofuse.errors import HistofuseError
+from histofuse.slides.spec import TilingSpec
+
+
+def patch_tiles(
+    h5: str | Path, patch_um: float = 112.0, target_mpp: float = 0.5
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Builds the tiles table of a pre-cut patches file.
+
+    Args:
+        h5: The ``.h5`` with ``img``, ``barcode`` and ``coords``.
+        patch_um: Field of view of the stored patches in µm (HEST: 112).
+        target_mpp: µm/px the patches are handed to encoders at (HEST: 0.5).
+
+    Raises:
+        HistofuseError: If the file is missing, unreadable or lacks a dataset.
+    """
+    import h5py
+
+    h5 = Path(h5)
+    if not h5.is_file():
+        raise HistofuseError(f"patches file {h5} does not exist; check the HEST-Bench folder")
+    try:
+        with h5py.File(h5, "r") as f:
+            missing = [k for k in ("img", "barcode", "coords") if k not in f]
+            if missing:
+                raise HistofuseError(f"patches file {h5} lacks dataset(s) {', '.join(missing)}")
+            shape = f["img"].shape
+            barcodes = np.asarray(f["barcode"][:]).reshape(-1)
+            coords = np.asarray(f["coords"][:], dtype=np.float64).reshape(-1, 2)
+    except OSError as exc:
+        raise HistofuseError(f"patches file {h5} is not a readable HDF5 file: {exc}") from None
+    if len(shape) != 4 or shape[3] != 3 or len(barcodes) != shape[0] != len(coords):
+        raise HistofuseError(
+            f"patches file {h5}: img {shape} must be (N, H, W, 3) matching barcodes"
+        )
+    spec = TilingSpec(mode="spots", patch_um=patch_um, target_mpp=target_mpp)
+    table = pd.DataFrame(
+        {
+            "barcode": [b.decode() if isinstance(b, bytes) else str(b) for b in barcodes],
+            "x": coords[:, 0],
+            "y": coords[:, 1],
+            "index": np.arange(len(barcodes), dtype=np.int64),
+        }
+    )
+    meta = {
+        "source": "h5",
+        "patches": str(h5.resolve()),
+        "stored_px": int(shape[1]),
+        "patch_px": spec.patch_px,
+        "tiling": spec.to_dict(),
+        "tiling_fingerprint": spec.fingerprint(),
+        "mpp_source": "pre-cut patches",
+        "effective_mpp": patch_um / shape[1],
+        "n_tiles": len(table),
+    }
+    return table, meta
+
+
+class H5PatchDataset:
+    """Stored patches as uint8 (H, W, 3) arrays at ``patch_px``; opened lazily in each worker."""
+
+    def __init__(self, tiles: pd.DataFrame, meta: dict[str, Any]) -> None:
+        self.path = Path(meta["patches"])
+        self.patch_px = int(meta["patch_px"])
+        self.index = tiles["index"].to_numpy(dtype=np.int64)
+        self._file = None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if self._file is None:
+            import h5py
+
+            self._file = h5py.File(self.path, "r")
+        img = np.asarray(self._file["img"][int(self.index[i])], dtype=np.uint8)
+        if img.shape[:2] != (self.patch_px, self.patch_px):
+            from PIL import Image
+
+            img = np.array(
+                Image.fromarray(img).resize(
+                    (self.patch_px, self.patch_px), Image.Resampling.LANCZOS
+                )
+            )
+        return img
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_file": None}
+
+
+def read_hest_bench(folder: str | Path) -> dict[str, Any]:
+    """Reads a HEST-Bench task folder.
+
+    Args:
+        folder: With ``splits/{train,test}_{i}.csv`` (``sample_id, patches_path, expr_path``,
+            relative to the folder), ``patches/*.h5``, ``adata/*.h5ad`` and ``var_50genes.json``.
+
+    Returns:
+        ``samples``: table (``sample_id, patient_id, patches, expression``; the patient id is the
+        test fold, as HEST's splits are patient-level), ``genes``: the target genes, ``folds``:
+        list of (train ids, test ids).
+
+    Raises:
+        HistofuseError: Naming the file and the fix on a missing or malformed part.
+    """
+    folder = Path(folder)
+    tests = sorted((folder / "splits").glob("test_*.csv"))
+    if not tests:
+        raise HistofuseError(f"HEST-Bench folder {folder} has no splits/test_*.csv")
+    genes_file = folder / "var_50genes.json"
+    try:
+        genes = [str(g) for g in json.loads(genes_file.read_text())["genes"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise HistofuseError(
+            f"HEST-Bench gene list {genes_file} is missing or has no `genes` list ({exc!r})"
+        ) from None
+    rows: dict[str, dict[str, str]] = {}
+    folds = []
+    for test in tests:
+        i = test.stem.removeprefix("test_")
+        train = folder / "splits" / f"train_{i}.csv"
+        parts = []
+        for f in (train, test):
+            if not f.is_file():
+                raise HistofuseError(f"HEST-Bench split {f} is missing")
+            df = pd.read_csv(f)
+            need = {"sample_id", "patches_path", "expr_path"} - set(df.columns)
+            if need:
+                raise HistofuseError(f"HEST-Bench split {f} lacks column(s) {sorted(need)}")
+            parts.append(df["sample_id"].astype(str).tolist())
+            for r in df.itertuples():
+                patches, expr = folder / r.patches_path, folder / r.expr_path
+                for p in (patches, expr):
+                    if not p.is_file():
+                        raise HistofuseError(
+                            f"HEST-Bench split {f}, sample {r.sample_id}: {p} is missing"
+                        )
+                row = rows.setdefault(
+                    str(r.sample_id),
+                    {"sample_id": str(r.sample_id), "patches": str(patches.resolve()),
+                     "expression": str(expr.resolve()), "patient_id": ""},
+                )  # fmt: skip
+                if f is test:
+                    row["patient_id"] = f"fold{i}"
+        folds.append((parts[0], parts[1]))
+    samples = pd.DataFrame(list(rows.values())).set_index("sample_id", drop=False)
+    return {"samples": samples, "genes": genes, "folds": folds}

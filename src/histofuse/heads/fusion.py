@@ -242,6 +242,8 @@ class TorchHead(RegressorMixin, BaseEstimator):
         weight_decay: Adam weight decay (0 as released).
         standardize: Standardise ``X`` with statistics of the training data (not in the release).
         random_state: Seed of initialisation and batch order.
+        threads: CPU threads torch uses while fitting and predicting (restored afterwards). One
+            is about ten times faster than two for these small matrices on a 2-core machine.
     """
 
     def __init__(
@@ -261,6 +263,7 @@ class TorchHead(RegressorMixin, BaseEstimator):
         weight_decay: float = 0.0,
         standardize: bool = False,
         random_state: int = 1,
+        threads: int = 1,
     ) -> None:
         self.strategy = strategy
         self.blocks = blocks
@@ -277,6 +280,7 @@ class TorchHead(RegressorMixin, BaseEstimator):
         self.weight_decay = weight_decay
         self.standardize = standardize
         self.random_state = random_state
+        self.threads = threads
 
     def _module(self, n_features: int, n_out: int) -> FusionModule:
         blocks = list(self.blocks) if self.blocks else [n_features]
@@ -299,6 +303,14 @@ class TorchHead(RegressorMixin, BaseEstimator):
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> TorchHead:
         """Trains the module on ``X`` (N, D) and targets ``y`` (N,) or (N, G)."""
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            return self._fit(X, y)
+        finally:
+            torch.set_num_threads(before)
+
+    def _fit(self, X: np.ndarray, y: np.ndarray) -> TorchHead:
         X, y = validate_data(self, X, y, multi_output=True, y_numeric=True)
         self.single_output_ = y.ndim == 1
         y2 = y.reshape(len(y), -1).astype(np.float32)
@@ -338,6 +350,11 @@ class TorchHead(RegressorMixin, BaseEstimator):
         """Predicts targets for ``X``."""
         check_is_fitted(self, "module_")
         X = validate_data(self, X, reset=False)
-        with torch.no_grad():
-            pred = self.module_(torch.from_numpy(self._prepare(X)))[0].numpy()
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            with torch.no_grad():
+                pred = self.module_(torch.from_numpy(self._prepare(X)))[0].numpy()
+        finally:
+            torch.set_num_threads(before)
         return pred[:, 0] if self.single_output_ else pred

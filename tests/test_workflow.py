@@ -277,15 +277,18 @@ def test_demo_report_files_and_formats_agree(demo_run):
     summary = pd.read_csv(out / "summary.csv")
     md, tex, html = ((out / f).read_text() for f in ("summary.md", "summary.tex", "index.html"))
     for r in summary.itertuples():
+        # summary.csv holds 6 decimals: a value on a rounding tie may print either way
+        if not all(f"{v - 2e-6:.3f}" == f"{v + 2e-6:.3f}" for v in (r.pearson_mean, r.pearson_std)):
+            continue
         cell = f"{r.pearson_mean:.3f} ± {r.pearson_std:.3f}"
         assert cell in md and cell in html and cell.replace("±", r"$\pm$") in tex
     wide = pd.read_csv(out / "wide.csv", index_col="method")
     for r in summary.itertuples():
-        assert wide.at[f"{r.features} · {r.head}", "demo-spots_mean"] == pytest.approx(
-            r.pearson_mean, abs=1e-6
-        )
+        assert wide.at[
+            f"{r.features} · {r.head} · {r.protocol}", "demo-spots_mean"
+        ] == pytest.approx(r.pearson_mean, abs=1e-6)
     gains = pd.read_csv(out / "gains.csv")
-    assert gains["features"].tolist() == ["tiny-cnn+tiny-vit"]
+    assert set(gains["features"]) == {"tiny-cnn+tiny-vit"}
     for name in ("summary", "wide", "gains", "per_gene"):
         tex = (out / f"{name}.tex").read_text()
         assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") >= 1
@@ -374,8 +377,10 @@ def test_index_html_renders_tables_and_images(demo_run, tmp_path):
         assert images[fig]["height"] > 100, fig
     assert len(probe["images"]) == 3 + 6
     tables = {t["id"]: t for t in probe["tables"]}
-    assert tables["table-summary"]["rows"] == 4 and tables["table-summary"]["height"] > 50
-    assert tables["table-wide"]["rows"] == 4 and tables["table-per-gene-0"]["rows"] == 51
+    n_rows = len(pd.read_csv(demo_run[0] / "results/report/summary.csv"))
+    assert tables["table-summary"]["rows"] == 1 + n_rows
+    assert tables["table-summary"]["height"] > 50
+    assert tables["table-wide"]["rows"] >= 4 and tables["table-per-gene-0"]["rows"] == 51
 
     shot = tmp_path / "page.png"
     proc = headless(browser, f"--screenshot={shot}", "--window-size=1280,2400", index.as_uri())

@@ -83,6 +83,30 @@ def _stage_seconds(work: Path) -> dict[str, float]:
     return out
 
 
+def _timed_snakemake(work: Path, env: dict[str, str], bindir: Path) -> float:
+    """Runs the demo workflow in ``work`` and returns its wall time in seconds."""
+    t = time.perf_counter()
+    subprocess.run(
+        [
+            str(bindir / "snakemake"),
+            "-s",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(work),
+            "--configfile",
+            str(REPO / "config" / "config.yaml"),
+            "--cores",
+            "2",
+            "--quiet",
+            "all",
+        ],
+        check=True,
+        env=env,
+        cwd=work,
+    )
+    return time.perf_counter() - t
+
+
 def run(tmp: Path) -> dict:
     from histofuse.demo import write_demo_cohort
 
@@ -104,46 +128,8 @@ def run(tmp: Path) -> dict:
 
     bindir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
-    t = time.perf_counter()
-    subprocess.run(
-        [
-            str(bindir / "snakemake"),
-            "-s",
-            str(REPO / "Snakefile"),
-            "--directory",
-            str(tmp / "pipeline"),
-            "--configfile",
-            str(REPO / "config" / "config.yaml"),
-            "--cores",
-            "2",
-            "--quiet",
-            "all",
-        ],
-        check=True,
-        env=env,
-        cwd=tmp / "pipeline",
-    )
-    pipeline = time.perf_counter() - t
-    t = time.perf_counter()
-    subprocess.run(
-        [
-            str(bindir / "snakemake"),
-            "-s",
-            str(REPO / "Snakefile"),
-            "--directory",
-            str(tmp / "pipeline"),
-            "--configfile",
-            str(REPO / "config" / "config.yaml"),
-            "--cores",
-            "2",
-            "--quiet",
-            "all",
-        ],
-        check=True,
-        env=env,
-        cwd=tmp / "pipeline",
-    )
-    noop = time.perf_counter() - t
+    pipeline = _timed_snakemake(tmp / "pipeline", env, bindir)
+    noop = _timed_snakemake(tmp / "pipeline", env, bindir)
     stages = _stage_seconds(tmp / "pipeline")
     shutil.rmtree(tmp / "pipeline", ignore_errors=True)
     direct_total = sum(direct.values())

@@ -3,9 +3,7 @@
 Fusion heads combine several encoders and are planned only for multi-encoder feature sets.
 """
 
-TORCH_HEADS = (
-    "linear",
-    "mlp",
+_FUSION = (
     "concat",
     "self-attn-released",
     "cross-attn-released",
@@ -14,14 +12,5 @@ TORCH_HEADS = (
     "mean",
     "gated",
 )
-FUSION_HEADS = frozenset(
-    {
-        "concat",
-        "self-attn-released",
-        "cross-attn-released",
-        "contrastive",
-        "token-attn",
-        "mean",
-        "gated",
-    }
-)
+TORCH_HEADS = ("linear", "mlp", *_FUSION)
+FUSION_HEADS = frozenset(_FUSION)

@@ -45,15 +45,19 @@ class HESTProbe(RegressorMixin, BaseEstimator):
         self.random_state = random_state
         self.max_iter = max_iter
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> HESTProbe:
-        """Fits scaler and PCA on ``X`` and the ridge on the reduced features."""
-        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True)
-        y2 = y.reshape(len(y), -1)
+    def _fit_reducer(self, X: np.ndarray) -> np.ndarray:
+        """Fits StandardScaler → PCA on the training features; returns them reduced, float32."""
         width = min(self.n_components, X.shape[0], X.shape[1])
         self.reducer_ = Pipeline(
             [("scaler", StandardScaler()), ("pca", PCA(width, random_state=self.random_state))]
         ).fit(X)
-        z = self.reducer_.transform(X).astype(np.float32)
+        return self.reducer_.transform(X).astype(np.float32)
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> HESTProbe:
+        """Fits scaler and PCA on ``X`` and the ridge on the reduced features."""
+        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True)
+        y2 = y.reshape(len(y), -1)
+        z = self._fit_reducer(X)
         self.alpha_ = self.alpha if self.alpha is not None else 100.0 / (z.shape[1] * y2.shape[1])
         self.ridge_ = Ridge(
             alpha=self.alpha_, solver="lsqr", fit_intercept=False, max_iter=self.max_iter
@@ -96,11 +100,7 @@ class HESTAlphaCVProbe(HESTProbe):
 
         X, y = validate_data(self, X, y, multi_output=True, y_numeric=True)
         y2 = y.reshape(len(y), -1)
-        width = min(self.n_components, X.shape[0], X.shape[1])
-        self.reducer_ = Pipeline(
-            [("scaler", StandardScaler()), ("pca", PCA(width, random_state=self.random_state))]
-        ).fit(X)
-        z = self.reducer_.transform(X).astype(np.float32)
+        z = self._fit_reducer(X)
         base = 100.0 / (z.shape[1] * y2.shape[1])
         cv = RidgeCV(alphas=[base * a for a in self.alphas], fit_intercept=False).fit(z, y2)
         self.alpha_ = float(cv.alpha_)

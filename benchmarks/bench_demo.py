@@ -26,8 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 def _direct(cohort: Path, work: Path, cfg: dict) -> dict[str, float]:
     from histofuse.embed import embed_shard
     from histofuse.fit import fit_task
+    from histofuse.heads.names import FUSION_HEADS
     from histofuse.plan import feature_set_name
-    from histofuse.report.summary import write_report
+    from histofuse.report.build import build_report
     from histofuse.samples import load_samples
     from histofuse.slides.spec import TilingSpec
     from histofuse.slides.tiling import tile_spots, write_tiles
@@ -54,21 +55,24 @@ def _direct(cohort: Path, work: Path, cfg: dict) -> dict[str, float]:
     for task_name, task in cfg["tasks"].items():
         for encs in sets:
             name = feature_set_name(encs)
-            metrics.append(work / "metrics" / f"{name}.parquet")
-            fit_task(
-                task_name,
-                task,
-                cohort / "samples.tsv",
-                [stores[e] for e in encs],
-                name,
-                "hest",
-                {},
-                metrics[-1],
-                work / "pred" / f"{name}.parquet",
-            )
+            for head, params in cfg["heads"].items():
+                if head in FUSION_HEADS and len(encs) == 1:
+                    continue  # as the workflow: fusion heads run on concat groups only
+                metrics.append(work / "metrics" / task_name / name / f"{head}.parquet")
+                fit_task(
+                    task_name,
+                    task,
+                    cohort / "samples.tsv",
+                    [stores[e] for e in encs],
+                    name,
+                    head,
+                    params or {},
+                    metrics[-1],
+                    work / "pred" / task_name / name / f"{head}.parquet",
+                )
     times["fit"] = time.perf_counter() - t
     t = time.perf_counter()
-    write_report(metrics, work / "report")
+    build_report(metrics, work / "report")
     times["report"] = time.perf_counter() - t
     return times
 

@@ -7,7 +7,7 @@ from sklearn.model_selection import GroupKFold
 from histofuse.errors import HistofuseError
 from histofuse.evaluation.metrics import per_gene_metrics
 from histofuse.evaluation.splits import patient_splits
-from histofuse.report.summary import summarise, to_markdown
+from histofuse.report.summary import summarise
 
 
 def test_per_gene_pearson_matches_scipy():
@@ -85,4 +85,3 @@ def test_summary_aggregates_like_hest():
     assert r.pearson_mean == pytest.approx(0.5)  # folds 0.3 and 0.7
     assert r.pearson_std == pytest.approx(0.2)  # ddof = 0
     assert (r.n_folds, r.n_genes, r.n_constant, r.n_encoders) == (2, 3, 2, 1)
-    assert "0.5000 ± 0.2000" in to_markdown(s)

@@ -13,13 +13,8 @@ else the ``linear`` head (Meta-Encoder's single-encoder probe), else ``hest``;
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
-
-from histofuse.errors import HistofuseError
 
 SUMMARY_COLUMNS = [
     "task",
@@ -84,38 +79,3 @@ def _single_baseline(rows: pd.DataFrame, row: object) -> tuple[float, float]:
             base = float(found["pearson_mean"].mean())
             return base, (row.pearson_mean - base) / base  # type: ignore[attr-defined]
     return float("nan"), float("nan")
-
-
-def to_markdown(summary: pd.DataFrame) -> str:
-    """Renders the summary as a GitHub-flavoured Markdown table (no extra dependency)."""
-    cols = ["task", "features", "head", "protocol", "pearson", "n_folds", "n_genes", "gain"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in summary.itertuples():
-        lines.append(
-            f"| {r.task} | {r.features} | {r.head} | {r.protocol} | "
-            f"{r.pearson_mean:.4f} ± {r.pearson_std:.4f} | {r.n_folds} | {r.n_genes} | "
-            + ("" if r.gain_vs_singles != r.gain_vs_singles else f"{r.gain_vs_singles:+.1%}")
-            + " |"
-        )
-    return (
-        "# histofuse summary\n\nPearson: mean ± std over folds of the per-fold mean over genes.\n"
-        "gain: relative to the mean of the single encoders (same task, protocol and head, else "
-        "the `linear` head, else `hest`).\n\n" + "\n".join(lines) + "\n"
-    )
-
-
-def write_report(metrics_files: Sequence[str | Path], out_dir: str | Path) -> pd.DataFrame:
-    """Reads metrics files and writes ``summary.csv`` and ``summary.md`` into ``out_dir``.
-
-    Raises:
-        HistofuseError: If no metrics file is given.
-    """
-    if not metrics_files:
-        raise HistofuseError("no metrics files to report; run the fit step first")
-    metrics = pd.concat([pd.read_parquet(p) for p in metrics_files], ignore_index=True)
-    summary = summarise(metrics)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    summary.to_csv(out / "summary.csv", index=False, float_format="%.6f")
-    (out / "summary.md").write_text(to_markdown(summary))
-    return summary

@@ -58,7 +58,7 @@ def embed_key(wildcards):
 
 
 def feature_manifests(wildcards):
-    shards = PLAN.shards_of(PLAN.task_samples(wildcards.task))
+    shards = PLAN.task_shards(wildcards.task)
     return [
         f"results/features/{e}/{s}.manifest.json"
         for e in PLAN.feature_sets[wildcards.features]

@@ -82,6 +82,26 @@ def test_shards_are_sheet_order_blocks():
     ids = list(plan.samples.index)
     assert plan.shards == {"0000": ids[:4], "0001": ids[4:]}
     assert plan.shards_of(ids[4:5]) == ["0001"]
+    assert plan.shards_of([ids[5], ids[0]]) == ["0000", "0001"]  # shard order, not query order
+
+
+def test_task_lookups_are_answered_once_and_stay_correct():
+    cfg = demo_config()
+    cfg["embed"]["shard_size"] = 4
+    cfg["tasks"]["two"] = {**cfg["tasks"]["demo-spots"], "samples": None}
+    plan = Plan.from_config(validate_config(cfg, SCHEMA))
+    ids = list(plan.samples.index)
+    cfg_two = plan.config["tasks"]["two"]
+    cfg_two["samples"] = ids[4:]
+    assert plan.task_samples("two") == ids[4:]
+    assert plan.task_shards("two") == ["0001"]
+    assert plan.task_shards("demo-spots") == ["0000", "0001"]
+    # callers may mutate what they get without corrupting the memo
+    plan.task_samples("two").append("nope")
+    plan.task_shards("two").clear()
+    assert plan.task_samples("two") == ids[4:]
+    assert plan.task_shards("two") == ["0001"]
+    assert plan.embed_key("tiny-vit") is plan.embed_key("tiny-vit")
 
 
 def test_shard_assignment_is_append_only(tmp_path):

@@ -8,7 +8,7 @@ Rules in ``workflow/rules/*.smk`` only look things up in the :class:`Plan`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,9 @@ class Plan:
     samples: pd.DataFrame
     shards: dict[str, list[str]]
     feature_sets: dict[str, list[str]]
+    # Input functions ask the same questions once per job (1,000 embed jobs at 10k × 10); the
+    # answers depend only on the plan, so they are computed once.
+    _memo: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_config(cls, config: dict[str, Any], registry: str | Path | None = None) -> Plan:
@@ -154,17 +157,36 @@ class Plan:
         os.replace(tmp, path)
 
     def task_samples(self, task: str) -> list[str]:
-        """Sample ids of a task."""
-        chosen = self.config["tasks"][task].get("samples")
-        if chosen:
-            return list(chosen)
-        expr = self.samples.get("expression")
-        return [s for s in self.samples.index if expr is not None and str(expr[s] or "")]
+        """Sample ids of a task (computed once per task)."""
+        key = ("task_samples", task)
+        if key not in self._memo:
+            chosen = self.config["tasks"][task].get("samples")
+            if chosen:
+                self._memo[key] = list(chosen)
+            else:
+                expr = self.samples.get("expression")
+                values = [] if expr is None else expr.tolist()
+                self._memo[key] = [
+                    s for s, v in zip(self.samples.index, values, strict=True) if str(v or "")
+                ]
+        return list(self._memo[key])
 
     def shards_of(self, samples: list[str]) -> list[str]:
-        """Shard ids holding any of the given samples."""
-        wanted = set(samples)
-        return [s for s, members in self.shards.items() if wanted & set(members)]
+        """Shard ids holding any of the given samples, in shard order."""
+        if ("shard_of",) not in self._memo:
+            self._memo[("shard_of",)] = {
+                s: shard for shard, members in self.shards.items() for s in members
+            }
+        shard_of = self._memo[("shard_of",)]
+        wanted = {shard_of[s] for s in samples if s in shard_of}
+        return [s for s in self.shards if s in wanted]
+
+    def task_shards(self, task: str) -> list[str]:
+        """Shard ids holding any sample of a task (computed once per task)."""
+        key = ("task_shards", task)
+        if key not in self._memo:
+            self._memo[key] = self.shards_of(self.task_samples(task))
+        return list(self._memo[key])
 
     def embed_key(self, encoder: str) -> str:
         """The cache key known at parse time (spec, weights source, tiling, dtype) as JSON.
@@ -175,12 +197,15 @@ class Plan:
         """
         from histofuse.encoders.registry import get_spec
 
-        return json.dumps(
-            {
-                "encoder": get_spec(encoder).fingerprint(),
-                "weights": self.config["weights"].get(encoder, "default"),
-                "tiling": self.config["tiling"],
-                "dtype": self.config["embed"]["dtype"],
-            },
-            sort_keys=True,
-        )
+        key = ("embed_key", encoder)
+        if key not in self._memo:
+            self._memo[key] = json.dumps(
+                {
+                    "encoder": get_spec(encoder).fingerprint(),
+                    "weights": self.config["weights"].get(encoder, "default"),
+                    "tiling": self.config["tiling"],
+                    "dtype": self.config["embed"]["dtype"],
+                },
+                sort_keys=True,
+            )
+        return self._memo[key]

@@ -43,6 +43,16 @@ def shard_tiles(wildcards):
     return [f"results/tiles/{s}.parquet" for s in PLAN.shards[wildcards.shard]]
 
 
+def shard_demo_inputs(wildcards):
+    # The generated demo's files of a shard, so that a grown demo cohort is written before its new
+    # shard is tiled. A user's sheet lists files that exist (checked at parse time); listing them
+    # all would double the DAG's build time at 10k slides.
+    if not config["demo"]["enabled"]:
+        return []
+    rows = SAMPLES.loc[PLAN.shards[wildcards.shard]]
+    return [path for col in ("slide", "expression") for path in rows[col] if path]
+
+
 def weights_input(wildcards):
     source = config["weights"].get(wildcards.encoder)
     return [source] if source and not source.startswith("hf-hub:") else []
@@ -58,7 +68,7 @@ def embed_key(wildcards):
 
 
 def feature_manifests(wildcards):
-    shards = PLAN.shards_of(PLAN.task_samples(wildcards.task))
+    shards = PLAN.task_shards(wildcards.task)
     return [
         f"results/features/{e}/{s}.manifest.json"
         for e in PLAN.feature_sets[wildcards.features]

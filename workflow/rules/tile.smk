@@ -39,6 +39,7 @@ else:
             # Only the sheet: the sheet's files were checked at parse time, and listing 20k
             # slide files as inputs would double the DAG's build time at 10k slides.
             sheet=ancient(config["samples"]),
+            demo=ancient(shard_demo_inputs),
         output:
             directory("results/tiles/shards/{shard}"),
         params:

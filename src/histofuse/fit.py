@@ -129,12 +129,21 @@ def fit_task(
         c = read_counts(sheet.at[sample, "expression"], index.loc[rows, "barcode"].to_numpy())
         totals.append(c.sum(axis=1).to_numpy())
         counts.append(c)
+    # Compared as sets: a NaN count is a bad spot (handled below), not a gene-list mismatch.
+    genes_of = {s: set(c.columns) for s, c in zip(names, counts, strict=True)}
+    odd = [s for s in names if genes_of[s] != genes_of[names[0]]]
+    if odd:
+        raise HistofuseError(
+            f"task {task_name!r}: samples disagree on their gene lists ({odd[0]} vs {names[0]})"
+        )
     counts_df = pd.concat(counts, ignore_index=True)
-    if counts_df.isna().any().any():
-        raise HistofuseError(f"task {task_name!r}: samples disagree on their gene lists")
     total = np.concatenate(totals)
     order = np.concatenate([np.flatnonzero(index["sample"] == s) for s in names])
     x, index = x[order], index.iloc[order].reset_index(drop=True)
+    keep, dropped = finite_spots(x, counts_df, index, sheet)
+    if not keep.all():
+        x, index, total = x[keep], index[keep].reset_index(drop=True), total[keep]
+        counts_df = counts_df[keep].reset_index(drop=True)
 
     genes_cfg = {**DEFAULT_TASK["genes"], **(task["genes"] or {})}
     log_counts = np.log1p(counts_df)
@@ -213,6 +222,7 @@ def fit_task(
             "blocks": widths,
             "task": task,
             "head_params": head_params or {},
+            "dropped_spots": dropped,
             "seconds": time.perf_counter() - t0,
         },
     )
@@ -226,6 +236,62 @@ def fit_task(
         time.perf_counter() - t0,
     )
     return out
+
+
+def finite_spots(
+    x: np.ndarray, counts: pd.DataFrame, index: pd.DataFrame, sheet: pd.DataFrame
+) -> tuple[np.ndarray, list[dict[str, str]]]:
+    """Finds the spots whose features and counts are all finite; logs and records the others.
+
+    A spot with NaN or inf in its cached features or its expression counts cannot be fitted or
+    scored, so it is left out of the task; each such spot is named in the returned records (saved
+    in the metrics file's metadata) and every affected sample gets one warning.
+
+    Args:
+        x: Features (N, D), rows aligned with ``counts`` and ``index``.
+        counts: Raw counts (N, genes).
+        index: ``sample`` and ``barcode`` of each row.
+        sheet: The sample sheet (for the expression file names in messages).
+
+    Returns:
+        The rows to keep (boolean, N) and one ``{sample, barcode, reason}`` record per dropped
+        spot.
+
+    Raises:
+        HistofuseError: If a sample has no spot left.
+    """
+    bad_x = ~np.isfinite(x).all(axis=1)
+    bad_y = ~np.isfinite(counts.to_numpy()).all(axis=1)
+    samples = index["sample"].to_numpy()
+    barcodes = index["barcode"].to_numpy()
+    dropped: list[dict[str, str]] = []
+    for sample in pd.unique(samples):
+        rows = samples == sample
+        for bad, what, fix in (
+            (
+                bad_y & rows,
+                f"counts not finite (NaN/inf) in {sheet.at[sample, 'expression']}",
+                "fix the expression file",
+            ),
+            (bad_x & ~bad_y & rows, "features not finite (NaN/inf) in the cache", "re-embed it"),
+        ):
+            if not bad.any():
+                continue
+            log.warning(
+                "sample %s: %d spots left out, %s (e.g. barcode %r)",
+                sample,
+                bad.sum(),
+                what,
+                barcodes[bad][0],
+            )
+            dropped += [{"sample": sample, "barcode": b, "reason": what} for b in barcodes[bad]]
+            if bad.sum() == rows.sum() or (rows & ~(bad_x | bad_y)).sum() == 0:
+                kind = "finite counts" if "counts" in what else "finite features"
+                raise HistofuseError(
+                    f"sample {sample}: no spot with {kind} ({what}); {fix} or leave the sample "
+                    "out of the task"
+                )
+    return ~(bad_x | bad_y), dropped
 
 
 def select_genes(

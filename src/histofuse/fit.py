@@ -162,6 +162,14 @@ def fit_task(
     for seed in seeds:
         folds = task_splits(task["split"] or {}, patients, sample_ids, seed)
         for fold, (train, test) in enumerate(folds):
+            log.info(
+                "seed %d, fold %d of %d: %d train, %d test spots",
+                seed,
+                fold + 1,
+                len(folds),
+                len(train),
+                len(test),
+            )
             genes = select_genes(log_counts, genes_cfg, train)
             fold_genes[f"{seed}/{fold}"] = genes
             y = transform_counts(counts_df[genes].to_numpy(), task["transform"], total)
@@ -335,5 +343,9 @@ def _write_parquet(df: pd.DataFrame, path: str | Path, meta: dict[str, Any]) -> 
         {**(table.schema.metadata or {}), b"histofuse": json.dumps(meta, default=str).encode()}
     )
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

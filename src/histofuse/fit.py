@@ -119,6 +119,13 @@ def fit_task(
         raise HistofuseError(f"task {task_name!r}: samples without an expression file: {no_expr}")
 
     x, index, encoders, widths = load_feature_set(stores, names, with_blocks=True)
+    failed = recorded_failures(stores, names)
+    if failed:
+        for sample, reason in failed.items():
+            log.warning("task %s: sample %s left out: %s", task_name, sample, reason)
+        names = [s for s in names if s not in failed]
+        x, index = x[index["sample"].isin(names).to_numpy()], index[index["sample"].isin(names)]
+        index = index.reset_index(drop=True)
     missing = sorted(set(names) - set(index["sample"]))
     if missing:
         raise HistofuseError(f"task {task_name!r}: no cached features for samples {missing}")
@@ -231,6 +238,7 @@ def fit_task(
             "task": task,
             "head_params": head_params or {},
             "dropped_spots": dropped,
+            "missing_samples": failed,
             "seconds": time.perf_counter() - t0,
         },
     )
@@ -243,6 +251,22 @@ def fit_task(
         out["fold"].nunique(),
         time.perf_counter() - t0,
     )
+    return out
+
+
+def recorded_failures(stores: Sequence[str | Path], samples: list[str]) -> dict[str, str]:
+    """Samples of the task that the tile step recorded as failed, with the reason.
+
+    Such a sample (``tiling.on_error: record``) has no features in any store; its store's
+    provenance says why (``failed_samples``).
+    """
+    from histofuse.cache.store import read_provenance
+
+    out: dict[str, str] = {}
+    for store in stores:
+        for sample, reason in read_provenance(store).get("failed_samples", {}).items():
+            if sample in samples:
+                out[sample] = f"not tiled: {reason}"
     return out
 
 

@@ -96,6 +96,7 @@ def test_a_second_writer_of_the_same_store_is_refused(tmp_path):
         third.add("A", np.full((3, 4), 2.0), np.zeros((3, 2)))
     np.testing.assert_array_equal(open_features([store]).features.compute(), np.full((3, 4), 2))
     assert not _leftovers(store)
+    assert sorted(p.name for p in store.parent.iterdir()) == ["0000.manifest.json", "0000.zarr"]
 
 
 @pytest.mark.slow

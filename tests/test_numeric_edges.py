@@ -19,6 +19,7 @@ from histofuse.cache.store import FeatureStoreWriter
 from histofuse.errors import HistofuseError
 from histofuse.evaluation.metrics import per_gene_metrics
 from histofuse.fit import fit_task
+from histofuse.report.missing import missing_table
 from histofuse.report.summary import summarise
 from histofuse.samples import load_samples
 
@@ -126,6 +127,10 @@ def test_edge_cases_are_flagged_and_means_stay_finite(small_cohort, tmp_path, ca
     assert "P2-S1" in text and "3 spots" in text and "features" in text
     meta = pq.read_schema(tmp_path / "m.parquet").metadata[b"histofuse"].decode()
     assert "dropped_spots" in meta and bad["P1-S1"][0] in meta and bad["P2-S1"][0] in meta
+    missing = missing_table([tmp_path / "m.parquet"])
+    assert len(missing) == len(dropped) and (missing["fits"] == 1).all()
+    assert set(zip(missing["sample"], missing["barcode"], strict=True)) == dropped
+    assert missing["reason"].str.contains("not finite").all()
     # the all-zero spots are kept
     assert (pred["sample"] == "P1-S2").sum() == len(anndata.read_h5ad(tmp_path / "P1-S2.h5ad"))
 

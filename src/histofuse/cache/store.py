@@ -13,9 +13,9 @@ every sample is written; then the manifest ``{shard}.manifest.json`` is written 
 the last step. Readers accept a store only if its manifest exists and agrees with the store's
 provenance, so a store from a killed job is never read as complete.
 
-A writer holds an exclusive lock (``.{shard}.zarr.lock`` beside the store) from start to finish:
-a second job writing the same store at the same time stops with a clear error and leaves the
-first one's work alone. A write that fails (disk full, read-only folder) removes its temporary
+A writer holds an exclusive lock (``.{shard}.zarr.lock`` beside the store, removed at the end)
+from start to finish: a second job writing the same store at the same time stops with a clear
+error and leaves the first one's work alone. A write that fails (disk full, read-only folder) removes its temporary
 store and raises :class:`HistofuseError` naming the store and the system's reason.
 """
 
@@ -121,27 +121,43 @@ class FeatureStoreWriter:
         return self
 
     def _acquire_lock(self) -> None:
-        """Takes the store's exclusive lock, or raises if another job holds it."""
+        """Takes the store's exclusive lock, or raises if another job holds it.
+
+        The lock file is removed when the write ends; a job that locked a file already removed
+        (it opened the file just before) sees that the path no longer names it and tries again.
+        """
         import fcntl
 
         lock = self.path.with_name(f".{self.path.name}.lock")
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+        for _ in range(100):
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise HistofuseError(
+                    f"feature store {self.path} is being written by another job (pid {holder}, "
+                    f"lock {lock.name}); this job stops and leaves it alone; re-run once that "
+                    "job ends"
+                ) from None
+            try:
+                same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                self._lock = (fd, lock)
+                return
             os.close(fd)
-            raise HistofuseError(
-                f"feature store {self.path} is being written by another job (pid {holder}, lock "
-                f"{lock.name}); this job stops and leaves it alone; re-run once that job ends"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock = fd
+        raise HistofuseError(f"could not lock feature store {self.path} ({lock}); re-run")
 
     def _release_lock(self) -> None:
         if self._lock is not None:
-            os.close(self._lock)  # closing the descriptor releases the flock
+            fd, lock = self._lock
+            lock.unlink(missing_ok=True)  # while still held, so no one else owns this path
+            os.close(fd)  # closing the descriptor releases the flock
             self._lock = None
 
     def add(

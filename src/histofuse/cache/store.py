@@ -15,8 +15,9 @@ provenance, so a store from a killed job is never read as complete.
 
 A writer holds an exclusive lock (``.{shard}.zarr.lock`` beside the store, removed at the end)
 from start to finish: a second job writing the same store at the same time stops with a clear
-error and leaves the first one's work alone. A write that fails (disk full, read-only folder) removes its temporary
-store and raises :class:`HistofuseError` naming the store and the system's reason.
+error and leaves the first one's work alone. A write that fails (disk full, read-only folder)
+removes its temporary store and raises :class:`HistofuseError` naming the store and the
+system's reason.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ are written into copies of its ``.h5ad`` files and into a real feature store.
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import anndata
@@ -160,3 +162,22 @@ def test_a_sample_with_no_usable_spot_is_a_clear_error(small_cohort, tmp_path):
     sheet, store, _ = _edge_cohort(small_cohort, tmp_path, nan_features=10_000)
     with pytest.raises(HistofuseError, match=r"P2-S1.*no spot with finite features"):
         _fit(sheet, store, tmp_path)
+
+
+def test_expression_lacking_tile_barcodes_is_one_clear_error(small_cohort, tmp_path):
+    sheet, store, _ = _edge_cohort(small_cohort, tmp_path)
+    h5ad = tmp_path / "P1-S2.h5ad"
+    adata = anndata.read_h5ad(h5ad)
+    lost = adata.obs_names[:2].tolist()
+    adata[2:].copy().write_h5ad(h5ad)  # replaced after tiling, without two spots
+    cmd = [str(Path(sys.executable).parent / "histofuse"), "fit", "--task", "t", "--task-json"]
+    cmd += ['{"split": {"n_folds": 2}}', "--samples", str(sheet), "--stores", str(store)]
+    cmd += ["--features", "enc", "--head", "hest", "--metrics", str(tmp_path / "m.parquet")]
+    cmd += ["--predictions", str(tmp_path / "p.parquet")]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"histofuse: error: expression file {h5ad} lacks 2 barcodes")
+    assert repr(lost[0]) in line or repr(lost[1]) in line
+    assert "re-run the tile step" in line
+    assert not (tmp_path / "m.parquet").exists() and not (tmp_path / "p.parquet").exists()

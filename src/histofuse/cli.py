@@ -62,7 +62,9 @@ def _tile(args: argparse.Namespace) -> None:
         if not args.out_dir:
             raise HistofuseError("tile --sheet needs --out-dir")
         # With --keep-going a missing file fails only its own sample, not the whole sheet.
-        sheet = load_samples(args.sheet, check_files=not args.keep_going)
+        sheet = load_samples(
+            args.sheet, check_files=not (args.keep_going or args.on_error == "record")
+        )
         unknown = sorted(set(args.sample) - set(sheet.index))
         if unknown:
             raise HistofuseError(f"samples {unknown} are not in sheet {args.sheet}")
@@ -86,6 +88,21 @@ def _tile(args: argparse.Namespace) -> None:
         try:
             table, meta, mask = tile_sample(slide, spec, expression or None, mpp_override=mpp)
         except HistofuseError as exc:
+            if args.on_error == "record":
+                from histofuse.slides.failures import write_failure
+
+                print(f"histofuse: error: sample {sample}: {exc} (recorded)", file=sys.stderr)
+                stem = out.with_suffix("")
+                write_failure(
+                    sample,
+                    slide,
+                    spec,
+                    str(exc),
+                    out,
+                    Path(args.qc) if args.qc else stem.with_suffix(".qc.png"),
+                    Path(args.stats) if args.stats else stem.with_suffix(".json"),
+                )
+                continue
             if not args.keep_going:
                 raise HistofuseError(f"sample {sample}: {exc}") from None
             print(f"histofuse: error: sample {sample}: {exc}", file=sys.stderr)
@@ -225,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stats", help="counts/timings JSON (default: beside --out, .json)")
     s.add_argument("--keep-going", action="store_true", help="tile the other samples on error")
     s.add_argument("--patches", help="pre-cut patches .h5 (HEST) used instead of a slide")
+    s.add_argument(
+        "--on-error",
+        choices=["stop", "record"],
+        default="stop",
+        help="record: a sample that cannot be tiled gets an empty tiles table carrying the error "
+        "(left out downstream and listed in the report's missing.csv) instead of failing the job",
+    )
     s.set_defaults(func=_tile)
 
     s = sub.add_parser("embed", help="embed the tiles of a shard with one encoder")

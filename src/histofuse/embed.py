@@ -147,6 +147,9 @@ def embed_shard(
     for p in map(Path, tiles):
         files.extend(sorted(p.glob("*.parquet")) if p.is_dir() else [p])
     tables = [(p, *read_tiles(p)) for p in files]
+    # Samples the tile step could not tile (tiling.on_error: record): no features, only the reason.
+    failed = {p.name.removesuffix(".parquet"): m["error"] for p, _, m in tables if "error" in m}
+    tables = [t for t in tables if "error" not in t[2]]
     fingerprints = {meta["tiling_fingerprint"] for _, _, meta in tables}
     if len(fingerprints) > 1:
         raise HistofuseError(
@@ -174,6 +177,8 @@ def embed_shard(
         "device": device,
         "versions": package_versions(),
     }
+    if failed:
+        provenance["failed_samples"] = failed
     use_amp, amp_dtype = amp_settings(model.spec, device)
     channels_last = model.spec.pooling == "avg"  # CNN trunks run faster in NHWC
     if channels_last:

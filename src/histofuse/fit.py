@@ -119,6 +119,13 @@ def fit_task(
         raise HistofuseError(f"task {task_name!r}: samples without an expression file: {no_expr}")
 
     x, index, encoders, widths = load_feature_set(stores, names, with_blocks=True)
+    failed = recorded_failures(stores, names)
+    if failed:
+        for sample, reason in failed.items():
+            log.warning("task %s: sample %s left out: %s", task_name, sample, reason)
+        names = [s for s in names if s not in failed]
+        x, index = x[index["sample"].isin(names).to_numpy()], index[index["sample"].isin(names)]
+        index = index.reset_index(drop=True)
     missing = sorted(set(names) - set(index["sample"]))
     if missing:
         raise HistofuseError(f"task {task_name!r}: no cached features for samples {missing}")
@@ -129,12 +136,21 @@ def fit_task(
         c = read_counts(sheet.at[sample, "expression"], index.loc[rows, "barcode"].to_numpy())
         totals.append(c.sum(axis=1).to_numpy())
         counts.append(c)
+    # Compared as sets: a NaN count is a bad spot (handled below), not a gene-list mismatch.
+    genes_of = {s: set(c.columns) for s, c in zip(names, counts, strict=True)}
+    odd = [s for s in names if genes_of[s] != genes_of[names[0]]]
+    if odd:
+        raise HistofuseError(
+            f"task {task_name!r}: samples disagree on their gene lists ({odd[0]} vs {names[0]})"
+        )
     counts_df = pd.concat(counts, ignore_index=True)
-    if counts_df.isna().any().any():
-        raise HistofuseError(f"task {task_name!r}: samples disagree on their gene lists")
     total = np.concatenate(totals)
     order = np.concatenate([np.flatnonzero(index["sample"] == s) for s in names])
     x, index = x[order], index.iloc[order].reset_index(drop=True)
+    keep, dropped = finite_spots(x, counts_df, index, sheet)
+    if not keep.all():
+        x, index, total = x[keep], index[keep].reset_index(drop=True), total[keep]
+        counts_df = counts_df[keep].reset_index(drop=True)
 
     genes_cfg = {**DEFAULT_TASK["genes"], **(task["genes"] or {})}
     log_counts = np.log1p(counts_df)
@@ -153,6 +169,14 @@ def fit_task(
     for seed in seeds:
         folds = task_splits(task["split"] or {}, patients, sample_ids, seed)
         for fold, (train, test) in enumerate(folds):
+            log.info(
+                "seed %d, fold %d of %d: %d train, %d test spots",
+                seed,
+                fold + 1,
+                len(folds),
+                len(train),
+                len(test),
+            )
             genes = select_genes(log_counts, genes_cfg, train)
             fold_genes[f"{seed}/{fold}"] = genes
             y = transform_counts(counts_df[genes].to_numpy(), task["transform"], total)
@@ -213,6 +237,8 @@ def fit_task(
             "blocks": widths,
             "task": task,
             "head_params": head_params or {},
+            "dropped_spots": dropped,
+            "missing_samples": failed,
             "seconds": time.perf_counter() - t0,
         },
     )
@@ -226,6 +252,78 @@ def fit_task(
         time.perf_counter() - t0,
     )
     return out
+
+
+def recorded_failures(stores: Sequence[str | Path], samples: list[str]) -> dict[str, str]:
+    """Samples of the task that the tile step recorded as failed, with the reason.
+
+    Such a sample (``tiling.on_error: record``) has no features in any store; its store's
+    provenance says why (``failed_samples``).
+    """
+    from histofuse.cache.store import read_provenance
+
+    out: dict[str, str] = {}
+    for store in stores:
+        for sample, reason in read_provenance(store).get("failed_samples", {}).items():
+            if sample in samples:
+                out[sample] = f"not tiled: {reason}"
+    return out
+
+
+def finite_spots(
+    x: np.ndarray, counts: pd.DataFrame, index: pd.DataFrame, sheet: pd.DataFrame
+) -> tuple[np.ndarray, list[dict[str, str]]]:
+    """Finds the spots whose features and counts are all finite; logs and records the others.
+
+    A spot with NaN or inf in its cached features or its expression counts cannot be fitted or
+    scored, so it is left out of the task; each such spot is named in the returned records (saved
+    in the metrics file's metadata) and every affected sample gets one warning.
+
+    Args:
+        x: Features (N, D), rows aligned with ``counts`` and ``index``.
+        counts: Raw counts (N, genes).
+        index: ``sample`` and ``barcode`` of each row.
+        sheet: The sample sheet (for the expression file names in messages).
+
+    Returns:
+        The rows to keep (boolean, N) and one ``{sample, barcode, reason}`` record per dropped
+        spot.
+
+    Raises:
+        HistofuseError: If a sample has no spot left.
+    """
+    bad_x = ~np.isfinite(x).all(axis=1)
+    bad_y = ~np.isfinite(counts.to_numpy()).all(axis=1)
+    samples = index["sample"].to_numpy()
+    barcodes = index["barcode"].to_numpy()
+    dropped: list[dict[str, str]] = []
+    for sample in pd.unique(samples):
+        rows = samples == sample
+        for bad, what, fix in (
+            (
+                bad_y & rows,
+                f"counts not finite (NaN/inf) in {sheet.at[sample, 'expression']}",
+                "fix the expression file",
+            ),
+            (bad_x & ~bad_y & rows, "features not finite (NaN/inf) in the cache", "re-embed it"),
+        ):
+            if not bad.any():
+                continue
+            log.warning(
+                "sample %s: %d spots left out, %s (e.g. barcode %r)",
+                sample,
+                bad.sum(),
+                what,
+                barcodes[bad][0],
+            )
+            dropped += [{"sample": sample, "barcode": b, "reason": what} for b in barcodes[bad]]
+            if bad.sum() == rows.sum() or (rows & ~(bad_x | bad_y)).sum() == 0:
+                kind = "finite counts" if "counts" in what else "finite features"
+                raise HistofuseError(
+                    f"sample {sample}: no spot with {kind} ({what}); {fix} or leave the sample "
+                    "out of the task"
+                )
+    return ~(bad_x | bad_y), dropped
 
 
 def select_genes(
@@ -269,5 +367,9 @@ def _write_parquet(df: pd.DataFrame, path: str | Path, meta: dict[str, Any]) -> 
         {**(table.schema.metadata or {}), b"histofuse": json.dumps(meta, default=str).encode()}
     )
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -137,6 +137,8 @@ def tiling_flags(wildcards):
     flags = f"--mode {t['mode']} --min-tissue {t['min_tissue']}"
     if t.get("stride_um") is not None:
         flags += f" --stride-um {t['stride_um']}"
+    if t.get("on_error", "stop") != "stop":
+        flags += f" --on-error {t['on_error']}"
     if hasattr(wildcards, "sample") and expression_of(wildcards):
         flags += f" --expression {shlex.quote(expression_of(wildcards))}"
     return flags + f" --tissue {shlex.quote(json.dumps(t['tissue'], sort_keys=True))}"

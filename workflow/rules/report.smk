@@ -24,6 +24,7 @@ rule report:
         heatmap_png="results/report/heatmap.png",
         scatter=report("results/report/scatter.svg", caption="../report/scatter.rst", category="Figures"),
         scatter_png="results/report/scatter.png",
+        missing=report("results/report/missing.csv", caption="../report/missing.rst", category="Tables"),
         html=report("results/report/index.html", caption="../report/index.rst", category="Summary"),
     params:
         out=parent_of_first_output,

@@ -12,10 +12,17 @@ A store is written under a temporary name in the same folder and renamed into pl
 every sample is written; then the manifest ``{shard}.manifest.json`` is written (atomically) as
 the last step. Readers accept a store only if its manifest exists and agrees with the store's
 provenance, so a store from a killed job is never read as complete.
+
+A writer holds an exclusive lock (``.{shard}.zarr.lock`` beside the store, removed at the end)
+from start to finish: a second job writing the same store at the same time stops with a clear
+error and leaves the first one's work alone. A write that fails (disk full, read-only folder)
+removes its temporary store and raises :class:`HistofuseError` naming the store and the
+system's reason.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -44,8 +51,28 @@ def write_json_atomic(obj: Any, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_failed(path: Path, exc: OSError) -> HistofuseError:
+    """A user-facing error for a store that could not be written."""
+    reason = exc.strerror or str(exc)
+    hint = {
+        errno.ENOSPC: "free disk space",
+        errno.EDQUOT: "free disk space (quota exceeded)",
+        errno.EFBIG: "raise the file size limit (ulimit -f) or free disk space",
+        errno.EROFS: "write the results to a writable file system",
+        errno.EACCES: "make the results folder writable",
+        errno.EPERM: "make the results folder writable",
+    }.get(exc.errno, "check the results folder")
+    return HistofuseError(
+        f"could not write feature store {path}: {reason}; nothing was kept; {hint} and re-run"
+    )
 
 
 class FeatureStoreWriter:
@@ -72,16 +99,67 @@ class FeatureStoreWriter:
         self.samples: dict[str, int] = {}
         self._tmp = self.path.with_name(f".{self.path.name}.tmp-{uuid.uuid4().hex[:8]}")
         self._root = None
+        self._lock: Any = None
 
     def __enter__(self) -> FeatureStoreWriter:
         import zarr
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Leftovers of killed jobs for this store: never read (no manifest), removed here.
-        for stale in self.path.parent.glob(f".{self.path.name}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        self._root = zarr.open_group(str(self._tmp), mode="w", zarr_format=3)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._acquire_lock()
+            # Leftovers of killed jobs for this store: never read (no manifest), removed here.
+            # Safe under the lock: no other job is writing this store.
+            for stale in self.path.parent.glob(f".{self.path.name}.tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            self._root = zarr.open_group(str(self._tmp), mode="w", zarr_format=3)
+        except OSError as exc:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._release_lock()
+            raise _write_failed(self.path, exc) from exc
+        except BaseException:
+            self._release_lock()
+            raise
         return self
+
+    def _acquire_lock(self) -> None:
+        """Takes the store's exclusive lock, or raises if another job holds it.
+
+        The lock file is removed when the write ends; a job that locked a file already removed
+        (it opened the file just before) sees that the path no longer names it and tries again.
+        """
+        import fcntl
+
+        lock = self.path.with_name(f".{self.path.name}.lock")
+        for _ in range(100):
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise HistofuseError(
+                    f"feature store {self.path} is being written by another job (pid {holder}, "
+                    f"lock {lock.name}); this job stops and leaves it alone; re-run once that "
+                    "job ends"
+                ) from None
+            try:
+                same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                self._lock = (fd, lock)
+                return
+            os.close(fd)
+        raise HistofuseError(f"could not lock feature store {self.path} ({lock}); re-run")
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            fd, lock = self._lock
+            lock.unlink(missing_ok=True)  # while still held, so no one else owns this path
+            os.close(fd)  # closing the descriptor releases the flock
+            self._lock = None
 
     def add(
         self,
@@ -120,8 +198,16 @@ class FeatureStoreWriter:
         self.samples[sample] = n
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self._finish(exc_type, exc)
+        finally:
+            self._release_lock()
+
+    def _finish(self, exc_type, exc) -> None:
         if exc_type is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise _write_failed(self.path, exc) from exc
             return
         try:
             self.provenance.update(
@@ -129,6 +215,8 @@ class FeatureStoreWriter:
             )
             self._root.attrs[ATTRS_KEY] = json.loads(json.dumps(self.provenance, default=str))
             if self.path.exists():
+                # The old manifest goes first, so it never describes the store being replaced.
+                manifest_path(self.path).unlink(missing_ok=True)
                 shutil.rmtree(self.path)
             os.replace(self._tmp, self.path)
             write_json_atomic(
@@ -141,6 +229,11 @@ class FeatureStoreWriter:
                 },
                 manifest_path(self.path),
             )
+        except OSError as err:
+            if not self._tmp.exists():  # renamed into place, but its manifest failed
+                shutil.rmtree(self.path, ignore_errors=True)
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise _write_failed(self.path, err) from err
         except BaseException:
             shutil.rmtree(self._tmp, ignore_errors=True)
             raise

@@ -1,7 +1,9 @@
 """Per-gene metrics: Pearson (as HEST: over pooled test spots), Spearman and MSE.
 
 A gene whose truth or prediction is constant over the test spots has no correlation; it is
-flagged (``constant``) and excluded from means, which report how many genes they cover.
+flagged (``constant``) and excluded from means, which report how many genes they cover. A gene
+with a NaN or inf value (e.g. a diverged head's prediction) is flagged the same way, so it never
+turns a mean into NaN.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ def per_gene_metrics(y_true: np.ndarray, y_pred: np.ndarray, genes: list[str]) -
     y_true = np.asarray(y_true, dtype=np.float64)
     y_pred = np.asarray(y_pred, dtype=np.float64)
     n = len(y_true)
-    constant = (np.ptp(y_true, axis=0) == 0) | (np.ptp(y_pred, axis=0) == 0) | (n < 2)
+    finite = np.isfinite(y_true).all(axis=0) & np.isfinite(y_pred).all(axis=0)
+    constant = (np.ptp(y_true, axis=0) == 0) | (np.ptp(y_pred, axis=0) == 0) | (n < 2) | ~finite
     pearson = np.full(len(genes), np.nan)
     spearman = np.full(len(genes), np.nan)
     ok = ~constant

@@ -314,4 +314,15 @@ def build_report(
             summary, genes, predictions, out / "scatter", options.scatter_genes
         )[0]
     write_html(out, grids, figures, [Path(p) for p in qc])
+    from histofuse.report.missing import write_missing
+
+    missing = write_missing(metrics_files, out / "missing.csv")
+    if len(missing):
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "%d samples or spots are missing from the results; see %s",
+            missing[["sample", "barcode"]].drop_duplicates().shape[0],
+            out / "missing.csv",
+        )
     return summary

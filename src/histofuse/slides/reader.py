@@ -83,7 +83,7 @@ class TileDataset(Dataset):
         self.block_px = block_px
         self._slide = None
         self._plan: tuple[np.ndarray, np.ndarray] | None = None
-        self._cached: tuple[int, np.ndarray] | None = None
+        self._cached: tuple[int, Image.Image, np.ndarray | None] | None = None
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -102,31 +102,36 @@ class TileDataset(Dataset):
                 self._plan = plan_blocks(self._lboxes, self.block_px)
         return self._slide
 
-    def _region(self, x: int, y: int, w: int, h: int) -> np.ndarray:
-        """Reads a region given in read-level px as uint8 RGB (transparent → white)."""
+    def _region(self, x: int, y: int, w: int, h: int) -> Image.Image:
+        """Reads a region given in read-level px as an RGB image (transparent → white)."""
         ds = self._level_ds
         region = self._slide.read_region((round(x * ds), round(y * ds)), self._level, (w, h))
         if region.getchannel("A").getextrema()[0] == 255:
-            return np.asarray(region.convert("RGB"))
-        return rgba_to_rgb(np.asarray(region))
+            return region.convert("RGB")
+        return Image.fromarray(rgba_to_rgb(np.asarray(region)))
 
     def __getitem__(self, i: int) -> np.ndarray:
         self._open()
         x, y, w, h = (int(v) for v in self._lboxes[i])
+        resize = (w, h) != (self.patch_px, self.patch_px)
         if self._plan is None:
-            rgb = self._region(x, y, w, h)
+            img, bx, by = self._region(x, y, w, h), x, y
         else:
             b = int(self._plan[0][i])
             if self._cached is None or self._cached[0] != b:
-                self._cached = (b, self._region(*(int(v) for v in self._plan[1][b])))
+                self._cached = (b, self._region(*(int(v) for v in self._plan[1][b])), None)
+            img = self._cached[1]
             bx, by = (int(v) for v in self._plan[1][b][:2])
-            rgb = self._cached[1][y - by : y - by + h, x - bx : x - bx + w]
-        if (w, h) != (self.patch_px, self.patch_px):
-            img = Image.fromarray(rgb).resize(
-                (self.patch_px, self.patch_px), Image.Resampling.LANCZOS
-            )
+        if resize:  # crop first: resampling a box of the block would see its neighbours
+            if self._plan is not None:
+                img = img.crop((x - bx, y - by, x - bx + w, y - by + h))
+            out = img.resize((self.patch_px, self.patch_px), Image.Resampling.LANCZOS)
+            return np.array(out, dtype=np.uint8)
+        if self._plan is None:
             return np.array(img, dtype=np.uint8)
-        return np.array(rgb, dtype=np.uint8)  # a copy: the block is reused for the next tiles
+        if self._cached[2] is None:  # the block as an array, once; each tile is one slice copy
+            self._cached = (self._cached[0], img, np.asarray(img))
+        return self._cached[2][y - by : y - by + h, x - bx : x - bx + w].copy()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -65,9 +65,11 @@ def test_claim_device_holds_distinct_gpu_slots_for_the_job(tmp_path, monkeypatch
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     with claim_device("cuda", n_devices=2) as first, claim_device("cuda", n_devices=2) as second:
         assert {first, second} == {"cuda:0", "cuda:1"}
-        with pytest.raises(HistofuseError, match="no free GPU"):
-            with claim_device("cuda", n_devices=2, timeout=0.2):
-                pass
+        with (
+            pytest.raises(HistofuseError, match="no free GPU"),
+            claim_device("cuda", n_devices=2, timeout=0.2),
+        ):
+            pass
     with claim_device("cuda", n_devices=2) as again:  # released when the job ends
         assert again == "cuda:0"
     # explicit devices and the CPU take no lock
@@ -75,6 +77,8 @@ def test_claim_device_holds_distinct_gpu_slots_for_the_job(tmp_path, monkeypatch
         assert held == given == "cuda:0"
     with claim_device("cpu") as cpu, claim_device("auto", n_devices=0) as auto:
         assert cpu == auto == "cpu"
-    with pytest.raises(HistofuseError, match="no GPU is visible"):
-        with claim_device("cuda", n_devices=0):
-            pass
+    with (
+        pytest.raises(HistofuseError, match="no GPU is visible"),
+        claim_device("cuda", n_devices=0),
+    ):
+        pass

@@ -98,3 +98,35 @@ def test_mismatched_lengths_rejected(tmp_path):
         FeatureStoreWriter(tmp_path / "s.zarr", {"cache_key": "k"}) as w,
     ):
         w.add("A", np.ones((3, 2)), np.zeros((2, 2)))
+
+
+def test_load_and_blocks_match_the_written_features(tmp_path):
+    """The in-memory read, and dask blocks split across and within samples, give the same rows."""
+    from histofuse.cache import store as store_mod
+
+    a, b = tmp_path / "a.zarr", tmp_path / "b.zarr"
+    data = _write(a, samples=("A", "B", "C"), dim=16)
+    data.update(_write(b, samples=("D",), dim=16, seed=1))
+    expected = np.concatenate([data[s][0] for s in "ABCD"]).astype(np.float16)
+    table = open_features([a, b])
+    np.testing.assert_array_equal(table.load(), expected)
+    np.testing.assert_array_equal(table.features.compute(), expected)
+    assert table.index["sample"].tolist() == ["A"] * 5 + ["B"] * 6 + ["C"] * 7 + ["D"] * 5
+    # a small cap puts every sample (one chunk each) in its own block; a large one merges them
+    arrays = [
+        zarr.open_group(str(a), mode="r")[s]["features"]._async_array for s in ("A", "B", "C")
+    ]
+    blocks = store_mod._blocks(arrays, max_bytes=4 * 16 * 2)
+    rows = [sum(stop - start for _, start, stop in blk) for blk in blocks]
+    assert rows == [5, 6, 7]
+    assert [len(blk) for blk in store_mod._blocks(arrays, max_bytes=1 << 20)] == [3]
+    got = np.concatenate([store_mod._read_block(blk, 16, "float16") for blk in blocks])
+    np.testing.assert_array_equal(got, expected[:18])
+
+
+def test_store_metadata_is_consolidated(tmp_path):
+    store = tmp_path / "s.zarr"
+    _write(store)
+    meta = json.loads((store / "zarr.json").read_text())
+    nodes = meta["consolidated_metadata"]["metadata"]
+    assert {"A/features", "A/coords", "B/barcodes"} <= set(nodes)

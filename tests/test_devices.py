@@ -55,3 +55,30 @@ def test_a_killed_holder_releases_its_slot(tmp_path, monkeypatch):
     holder.join()
     with gpu_slot(1, timeout=2) as index:
         assert index == 0
+
+
+def test_claim_device_holds_distinct_gpu_slots_for_the_job(tmp_path, monkeypatch):
+    """The embed stage's device claim: two jobs asking for ``cuda`` get different devices."""
+    from histofuse.devices import claim_device
+
+    monkeypatch.setenv("HISTOFUSE_GPU_LOCKS", str(tmp_path))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with claim_device("cuda", n_devices=2) as first, claim_device("cuda", n_devices=2) as second:
+        assert {first, second} == {"cuda:0", "cuda:1"}
+        with (
+            pytest.raises(HistofuseError, match="no free GPU"),
+            claim_device("cuda", n_devices=2, timeout=0.2),
+        ):
+            pass
+    with claim_device("cuda", n_devices=2) as again:  # released when the job ends
+        assert again == "cuda:0"
+    # explicit devices and the CPU take no lock
+    with claim_device("cuda", n_devices=1) as held, claim_device("cuda:0", n_devices=1) as given:
+        assert held == given == "cuda:0"
+    with claim_device("cpu") as cpu, claim_device("auto", n_devices=0) as auto:
+        assert cpu == auto == "cpu"
+    with (
+        pytest.raises(HistofuseError, match="no GPU is visible"),
+        claim_device("cuda", n_devices=0),
+    ):
+        pass

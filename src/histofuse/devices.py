@@ -67,3 +67,40 @@ def gpu_slot(n_devices: int, timeout: float = 3600.0, poll: float = 0.5) -> Iter
                 "run with `--resources gpu=N` so Snakemake starts at most N GPU jobs"
             )
         time.sleep(poll)
+
+
+@contextmanager
+def claim_device(
+    device: str, n_devices: int | None = None, timeout: float = 3600.0
+) -> Iterator[str]:
+    """Resolves an embed job's device, holding a GPU slot for the job's lifetime.
+
+    ``auto`` means ``cuda`` when a GPU is visible, else ``cpu``. ``cuda`` (no index) takes the
+    first free slot among the visible devices (:func:`gpu_slot`) and yields ``cuda:<slot>``;
+    ``cpu`` and an explicit ``cuda:N`` are used as given, without a lock.
+
+    Args:
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        n_devices: Visible devices; counted with ``torch.cuda.device_count()`` when omitted.
+        timeout: Seconds to wait for a free slot.
+
+    Raises:
+        HistofuseError: If no slot frees up within ``timeout``.
+    """
+    if device == "auto" or (device == "cuda" and n_devices is None):
+        import torch
+
+        if n_devices is None:
+            n_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if device == "auto":
+            device = "cuda" if n_devices > 0 else "cpu"
+    if device != "cuda":
+        yield device
+        return
+    if not n_devices:
+        raise HistofuseError(
+            "embed device 'cuda' was asked for but no GPU is visible; set embed.device to "
+            "'auto' or 'cpu' in the config"
+        )
+    with gpu_slot(n_devices, timeout=timeout) as index:
+        yield f"cuda:{index}"

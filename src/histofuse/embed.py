@@ -57,6 +57,8 @@ def resolve_device(device: str) -> str:
 def amp_settings(spec: Any, device: str) -> tuple[bool, Any]:
     """Returns (autocast on?, autocast dtype) for a spec on a device: the spec's precision on CUDA.
 
+    A GPU without bfloat16 support (before Ampere) runs bf16 specs in fp16.
+
     Args:
         spec: The encoder spec (``precision`` is ``fp32``, ``fp16`` or ``bf16``).
         device: The resolved device.
@@ -64,7 +66,11 @@ def amp_settings(spec: Any, device: str) -> tuple[bool, Any]:
     import torch
 
     use_amp = device.startswith("cuda") and spec.precision in ("fp16", "bf16")
-    return use_amp, torch.bfloat16 if spec.precision == "bf16" else torch.float16
+    bf16 = spec.precision == "bf16"
+    if use_amp and bf16 and not torch.cuda.is_bf16_supported():
+        log.warning("%s asks for bf16, which this GPU lacks; using fp16", spec.name)
+        bf16 = False
+    return use_amp, torch.bfloat16 if bf16 else torch.float16
 
 
 def forward_with_backoff(model: Any, x: Any, state: dict[str, int]) -> np.ndarray:
@@ -102,6 +108,46 @@ def forward_with_backoff(model: Any, x: Any, state: dict[str, int]) -> np.ndarra
     return np.concatenate(out)
 
 
+class _SampleBuffer:
+    """Collects batch outputs and hands back each sample's features once all of them are in."""
+
+    def __init__(self, tables: list[tuple[Path, Any, Any]], sizes: list[int], dim: int) -> None:
+        self.tables, self.sizes, self.dim = tables, sizes, dim
+        self.next = 0  # index of the next sample to complete
+        self.parts: list[np.ndarray] = []
+        self.rows = 0
+        self._ready: np.ndarray | None = None
+
+    def add(self, features: np.ndarray) -> None:
+        self.parts.append(features)
+        self.rows += len(features)
+
+    def flush(self) -> Any:
+        """Yields ``(path, table, meta)`` of each sample now complete; call :meth:`take` for it."""
+        while self.next < len(self.sizes) and self.rows >= self.sizes[self.next]:
+            n = self.sizes[self.next]
+            buf = np.concatenate(self.parts) if self.parts else np.zeros((0, self.dim), np.float32)
+            self._ready, rest = buf[:n], buf[n:]
+            self.parts, self.rows = ([rest] if len(rest) else []), len(rest)
+            self.next += 1
+            yield self.tables[self.next - 1]
+
+    def take(self) -> np.ndarray:
+        out, self._ready = self._ready, None
+        return out
+
+
+def _write_sample(
+    writer: Any, path: Path, table: Any, features: np.ndarray, timings: dict[str, float]
+) -> None:
+    t = time.perf_counter()
+    sample = path.name.removesuffix(".parquet")
+    coords = np.rint(table[["x", "y"]].to_numpy()).astype(np.int64)
+    barcodes = table["barcode"].to_numpy() if "barcode" in table else None
+    writer.add(sample, features, coords, barcodes)
+    timings["write"] += time.perf_counter() - t
+
+
 def embed_shard(
     tiles: Sequence[str | Path],
     encoder: str,
@@ -112,8 +158,12 @@ def embed_shard(
     device: str = "auto",
     dtype: str = "float16",
     compile: bool = False,
+    prefetch_factor: int = 4,
 ) -> dict[str, Any]:
     """Embeds every tile of the given tiles tables with one encoder into one feature store.
+
+    ``device`` ``auto`` or ``cuda`` (no index) holds one GPU exclusively for the whole job
+    (:func:`histofuse.devices.claim_device`), so two local GPU jobs never share a device.
 
     Args:
         tiles: Tiles tables (``results/tiles/{sample}.parquet``), one per sample, or folders of
@@ -123,15 +173,46 @@ def embed_shard(
         weights: A weights file or hub id overriding the spec's default.
         batch_size: Tiles per forward pass.
         num_workers: DataLoader worker processes reading tiles.
-        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         dtype: Feature dtype on disk.
         compile: Wrap the model in ``torch.compile``.
+        prefetch_factor: Batches each worker reads ahead of the forward pass.
 
     Returns:
         The store's provenance.
     """
+    from histofuse.devices import claim_device
+
+    with claim_device(device) as held:
+        return _embed_shard(
+            tiles,
+            encoder,
+            out,
+            weights,
+            batch_size,
+            num_workers,
+            held,
+            dtype,
+            compile,
+            prefetch_factor,
+        )
+
+
+def _embed_shard(
+    tiles: Sequence[str | Path],
+    encoder: str,
+    out: str | Path,
+    weights: str | Path | None = None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str = "auto",
+    dtype: str = "float16",
+    compile: bool = False,
+    prefetch_factor: int = 4,
+) -> dict[str, Any]:
+    """Embeds a shard on an already chosen device (see :func:`embed_shard`)."""
     import torch
-    from torch.utils.data import DataLoader
+    from torch.utils.data import ConcatDataset, DataLoader
     from tqdm import tqdm
 
     from histofuse.cache.store import FeatureStoreWriter
@@ -140,6 +221,8 @@ def embed_shard(
     from histofuse.slides.tiling import read_tiles
 
     device = resolve_device(device)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)  # out-of-memory clean-up and kernels act on this device
     t0 = time.perf_counter()
     model = create_encoder(encoder, weights=weights, device=device)
     timings = {"load_model": time.perf_counter() - t0, "read": 0.0, "forward": 0.0, "write": 0.0}
@@ -187,43 +270,47 @@ def embed_shard(
     timings["transfer"] = 0.0
     total = sum(len(t) for _, t, _ in tables)
     state = {"batch_size": batch_size}
+    # One loader over all samples of the shard: its workers start once, and reading runs ahead
+    # of the forward pass across sample boundaries. Each sample is written as soon as its last
+    # tile is embedded.
+    sizes = [len(t) for _, t, _ in tables]
+    loader = (
+        DataLoader(
+            ConcatDataset([open_tile_source(table, meta) for _, table, meta in tables]),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=device.startswith("cuda"),
+            prefetch_factor=prefetch_factor if num_workers > 0 else None,
+        )
+        if total
+        else ()
+    )
     with (
         FeatureStoreWriter(out, provenance, dtype=dtype) as writer,
         tqdm(total=total, desc=f"embed {encoder}", unit="tile", mininterval=5) as bar,
     ):
-        for path, table, meta in tables:
-            sample = path.name.removesuffix(".parquet")
-            loader = DataLoader(
-                open_tile_source(table, meta),
-                batch_size=batch_size,
-                num_workers=num_workers,
-                pin_memory=device.startswith("cuda"),
-                persistent_workers=False,
-            )
-            feats = []
+        pending = _SampleBuffer(tables, sizes, model.spec.embed_dim)
+        for path, table, _ in pending.flush():  # samples without tiles
+            _write_sample(writer, path, table, pending.take(), timings)
+        t_read = time.perf_counter()
+        for batch in loader:
+            t_move = time.perf_counter()
+            timings["read"] += t_move - t_read
+            x = batch.to(device, non_blocking=True)
+            t_fwd = time.perf_counter()
+            timings["transfer"] += t_fwd - t_move
+            with (
+                torch.inference_mode(),
+                torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_amp),
+            ):
+                pending.add(forward_with_backoff(forward, x, state))
+            timings["forward"] += time.perf_counter() - t_fwd
+            bar.update(len(x))
+            for path, table, _ in pending.flush():
+                _write_sample(writer, path, table, pending.take(), timings)
             t_read = time.perf_counter()
-            for batch in loader:
-                t_move = time.perf_counter()
-                timings["read"] += t_move - t_read
-                x = batch.to(device, non_blocking=True)
-                t_fwd = time.perf_counter()
-                timings["transfer"] += t_fwd - t_move
-                with (
-                    torch.inference_mode(),
-                    torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_amp),
-                ):
-                    feats.append(forward_with_backoff(forward, x, state))
-                t_read = time.perf_counter()
-                timings["forward"] += t_read - t_fwd
-                bar.update(len(x))
-            t_write = time.perf_counter()
-            features = (
-                np.concatenate(feats) if feats else np.zeros((0, model.spec.embed_dim), np.float32)
-            )
-            coords = np.rint(table[["x", "y"]].to_numpy()).astype(np.int64)
-            barcodes = table["barcode"].to_numpy() if "barcode" in table else None
-            writer.add(sample, features, coords, barcodes)
-            timings["write"] += time.perf_counter() - t_write
+        if pending.next != len(sizes):
+            raise HistofuseError(f"embedded {pending.rows} tiles short of the shard's {total}")
         timings["total"] = time.perf_counter() - t0
         writer.provenance["timings"] = timings
         writer.provenance["n_tiles"] = total

@@ -8,6 +8,9 @@ Layout of ``results/features/{encoder}/{shard}.zarr`` (Zarr v3)::
     /{sample}/coords       (N, 2) int64 patch centres, level-0 px (x, y)
     /{sample}/barcodes     (N,) variable-length UTF-8, spot tasks
 
+Every group's and array's metadata is also consolidated into the root ``zarr.json``, so a
+reader opens a store with one small file read instead of one per sample and array.
+
 A store is written under a temporary name in the same folder and renamed into place only once
 every sample is written; then the manifest ``{shard}.manifest.json`` is written (atomically) as
 the last step. Readers accept a store only if its manifest exists and agrees with the store's
@@ -27,7 +30,8 @@ import json
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +77,21 @@ def _write_failed(path: Path, exc: OSError) -> HistofuseError:
     return HistofuseError(
         f"could not write feature store {path}: {reason}; nothing was kept; {hint} and re-run"
     )
+
+
+def consolidate(store: str | Path) -> None:
+    """Consolidates all metadata of a store into its root ``zarr.json``.
+
+    Consolidated metadata is a zarr-python extension to Zarr v3 (readers without it fall back
+    to the per-node metadata files, which are still written); its warning saying so is silenced.
+    """
+    import warnings
+
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        zarr.consolidate_metadata(str(store))
 
 
 class FeatureStoreWriter:
@@ -214,6 +233,7 @@ class FeatureStoreWriter:
                 format_version=FORMAT_VERSION, dtype=str(self.dtype), samples=self.samples
             )
             self._root.attrs[ATTRS_KEY] = json.loads(json.dumps(self.provenance, default=str))
+            consolidate(self._tmp)
             if self.path.exists():
                 # The old manifest goes first, so it never describes the store being replaced.
                 manifest_path(self.path).unlink(missing_ok=True)
@@ -275,10 +295,110 @@ class FeatureTable:
     features: Any
     index: pd.DataFrame
     provenance: dict[str, Any]
+    _pieces: list[tuple[Any, int, int]] = field(default_factory=list, repr=False)
+
+    def load(self) -> np.ndarray:
+        """Reads all features into one in-memory array (N, D), in index order.
+
+        Faster than ``features.compute()`` for a whole read: every sample is decoded straight
+        into its rows of the result, with no dask concatenation or copy of the result. Use the
+        dask array for reads larger than memory.
+        """
+        if not self._pieces:
+            return self.features.compute()
+        return _read_block(self._pieces, self.features.shape[1], str(self.features.dtype))
+
+
+READ_BLOCK_BYTES = 256 << 20
+"""Largest block of the lazy feature array: the features of consecutive samples of one store
+up to this size are read by one task, concurrently, straight into one output array."""
+
+
+def _read_block(pieces: list[tuple[Any, int, int]], dim: int, dtype: str) -> np.ndarray:
+    """Reads row ranges of several feature arrays concurrently into one (N, D) array.
+
+    Each piece is ``(zarr AsyncArray, start, stop)``. All reads are awaited together in one
+    call into zarr's event loop (one hand-off between threads, not one per array), and each
+    decodes its chunks straight into its rows of the output, so no further copy is made.
+    """
+    import asyncio
+
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    rows = [stop - start for _, start, stop in pieces]
+    out = np.empty((sum(rows), dim), dtype=dtype)
+    offsets = np.concatenate([[0], np.cumsum(rows)]).astype(int).tolist()
+    nd = default_buffer_prototype().nd_buffer
+    reads = [
+        array.get_orthogonal_selection(
+            (slice(start, stop), slice(None)),
+            out=nd.from_numpy_array(out[offsets[i] : offsets[i + 1]]),
+        )
+        for i, (array, start, stop) in enumerate(pieces)
+    ]
+
+    async def gather() -> None:
+        await asyncio.gather(*reads)
+
+    sync(gather())
+    return out
+
+
+def _blocks(
+    arrays: list[Any], max_bytes: int = READ_BLOCK_BYTES
+) -> list[list[tuple[Any, int, int]]]:
+    """Groups the feature arrays of one store into read blocks of at most ``max_bytes``.
+
+    Consecutive samples share a block; a sample larger than a block is split along rows at
+    chunk boundaries.
+    """
+    blocks: list[list[tuple[Any, int, int]]] = []
+    cur: list[tuple[Any, int, int]] = []
+    size = 0
+    for array in arrays:
+        n, row_bytes = array.shape[0], max(1, array.nbytes // max(1, array.shape[0]))
+        step = max(array.chunks[0], max_bytes // row_bytes // array.chunks[0] * array.chunks[0])
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            nbytes = (stop - start) * row_bytes
+            if cur and size + nbytes > max_bytes:
+                blocks.append(cur)
+                cur, size = [], 0
+            cur.append((array, start, stop))
+            size += nbytes
+    if cur:
+        blocks.append(cur)
+    return blocks
+
+
+async def _open_samples(store: Path, samples: list[str]) -> tuple[Any, list[tuple[Any, ...]]]:
+    """Opens a store and, concurrently, every sample's arrays; reads coords and barcodes."""
+    import asyncio
+
+    import zarr.api.asynchronous as za
+
+    root = await za.open_group(str(store), mode="r")
+
+    async def one(sample: str) -> tuple[Any, ...]:
+        group = await root.getitem(sample)
+        features, coords = await asyncio.gather(group.getitem("features"), group.getitem("coords"))
+        barcodes = None
+        if await group.contains("barcodes"):
+            barcodes = await (await group.getitem("barcodes")).getitem(...)
+        return features, await coords.getitem(...), barcodes
+
+    return root, list(await asyncio.gather(*(one(s) for s in samples)))
 
 
 def open_features(stores: list[str | Path], cache_key: str | None = None) -> FeatureTable:
     """Opens all shards of one encoder as one lazily concatenated dask array.
+
+    The metadata of all samples is opened concurrently (from the consolidated root metadata
+    where present); the features stay on disk until computed. The dask array has one block
+    per group of consecutive samples of a store (see :data:`READ_BLOCK_BYTES`); a block's
+    samples are read concurrently into one array, so a whole read costs little more than
+    reading the bytes.
 
     Args:
         stores: Store paths of one encoder.
@@ -288,14 +408,19 @@ def open_features(stores: list[str | Path], cache_key: str | None = None) -> Fea
         HistofuseError: If a store is unfinished, or stores disagree on their cache key, or a
             store's key differs from ``cache_key``.
     """
-    import dask.array as da
-    import zarr
+    import hashlib
 
-    parts, index, first = [], [], None
-    for store in stores:
+    import dask.array as da
+    from dask.highlevelgraph import HighLevelGraph
+    from zarr.core.sync import sync
+
+    parts, samples, barcodes, coords, first = [], [], [], [], None
+    pieces_all: list[tuple[Any, int, int]] = []
+    for store in map(Path, stores):
         manifest = read_manifest(store)
-        root = zarr.open_group(str(store), mode="r")
-        prov = dict(root.attrs[ATTRS_KEY])
+        names = list(manifest["samples"])
+        root, opened = sync(_open_samples(store, names))
+        prov = dict(root.attrs.get(ATTRS_KEY, {}))
         if prov.get("cache_key") != manifest["cache_key"]:
             raise HistofuseError(f"feature store {store} disagrees with its manifest; re-embed it")
         want = cache_key or (first or {}).get("cache_key")
@@ -305,24 +430,47 @@ def open_features(stores: list[str | Path], cache_key: str | None = None) -> Fea
                 "made with another encoder, weights, pooling or tiling; re-run its embed job"
             )
         first = first or prov
-        for sample in manifest["samples"]:
-            group = root[sample]
-            parts.append(da.from_zarr(group["features"]))
-            coords = group["coords"][...]
-            barcodes = (
-                np.asarray(group["barcodes"][...], dtype=object)
-                if "barcodes" in group
-                else np.full(len(coords), "", dtype=object)
+        arrays = [features for features, _, _ in opened]
+        dim, dtype = arrays[0].shape[1], arrays[0].dtype
+        blocks = _blocks(arrays)
+        if not blocks:  # only empty samples
+            parts.append(da.zeros((0, dim), dtype=dtype))
+        else:
+            key = (
+                "histofuse-features-"
+                + hashlib.sha256(
+                    json.dumps([str(store.resolve()), prov["cache_key"], names]).encode()
+                ).hexdigest()[:16]
             )
-            index.append(
-                pd.DataFrame(
-                    {"sample": sample, "barcode": barcodes, "x": coords[:, 0], "y": coords[:, 1]}
-                )
-            )
+            # Each task is a partial, so dask does not walk the zarr arrays it holds.
+            graph = {
+                (key, b, 0): (partial(_read_block, pieces, dim, str(dtype)),)
+                for b, pieces in enumerate(blocks)
+            }
+            rows = tuple(sum(stop - start for _, start, stop in pieces) for pieces in blocks)
+            layer = HighLevelGraph.from_collections(key, graph)
+            parts.append(da.Array(layer, key, (rows, (dim,)), dtype))
+        pieces_all.extend(piece for block in blocks for piece in block)
+        samples.append(np.repeat(np.asarray(names, dtype=object), [len(xy) for _, xy, _ in opened]))
+        coords.extend(np.asarray(xy, dtype=np.int64).reshape(-1, 2) for _, xy, _ in opened)
+        barcodes.extend(
+            np.asarray(bc, dtype=object) if bc is not None else np.full(len(xy), "", object)
+            for _, xy, bc in opened
+        )
     if not parts:
         raise HistofuseError("no feature stores given")
+    xy = np.concatenate(coords)
+    index = pd.DataFrame(
+        {
+            "sample": np.concatenate(samples),
+            "barcode": np.concatenate(barcodes),
+            "x": xy[:, 0],
+            "y": xy[:, 1],
+        }
+    )
     return FeatureTable(
-        features=da.concatenate(parts, axis=0),
-        index=pd.concat(index, ignore_index=True),
+        features=parts[0] if len(parts) == 1 else da.concatenate(parts, axis=0),
+        index=index,
         provenance=first,
+        _pieces=pieces_all,
     )

@@ -83,7 +83,7 @@ class TileDataset(Dataset):
         self.block_px = block_px
         self._slide = None
         self._plan: tuple[np.ndarray, np.ndarray] | None = None
-        self._cached: tuple[int, Image.Image] | None = None
+        self._cached: tuple[int, Image.Image, np.ndarray | None] | None = None
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -113,17 +113,25 @@ class TileDataset(Dataset):
     def __getitem__(self, i: int) -> np.ndarray:
         self._open()
         x, y, w, h = (int(v) for v in self._lboxes[i])
+        resize = (w, h) != (self.patch_px, self.patch_px)
         if self._plan is None:
-            img = self._region(x, y, w, h)
+            img, bx, by = self._region(x, y, w, h), x, y
         else:
             b = int(self._plan[0][i])
             if self._cached is None or self._cached[0] != b:
-                self._cached = (b, self._region(*(int(v) for v in self._plan[1][b])))
+                self._cached = (b, self._region(*(int(v) for v in self._plan[1][b])), None)
+            img = self._cached[1]
             bx, by = (int(v) for v in self._plan[1][b][:2])
-            img = self._cached[1].crop((x - bx, y - by, x - bx + w, y - by + h))
-        if img.size != (self.patch_px, self.patch_px):
-            img = img.resize((self.patch_px, self.patch_px), Image.Resampling.LANCZOS)
-        return np.array(img, dtype=np.uint8)
+        if resize:  # crop first: resampling a box of the block would see its neighbours
+            if self._plan is not None:
+                img = img.crop((x - bx, y - by, x - bx + w, y - by + h))
+            out = img.resize((self.patch_px, self.patch_px), Image.Resampling.LANCZOS)
+            return np.array(out, dtype=np.uint8)
+        if self._plan is None:
+            return np.array(img, dtype=np.uint8)
+        if self._cached[2] is None:  # the block as an array, once; each tile is one slice copy
+            self._cached = (self._cached[0], img, np.asarray(img))
+        return self._cached[2][y - by : y - by + h, x - bx : x - bx + w].copy()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -277,6 +277,10 @@ def test_loco_pooled_scoring_scores_every_case_once_per_repeat(cohort, tmp_path)
     m, pred = _fit(cohort, tmp_path, task=task, params={"epochs": 3})
     assert set(m["protocol"]) == {"case-pooled"}
     assert (m["n"] == N_CASES).all() and m.groupby(["seed", "fold"]).ngroups == 2
+    # genes chosen once on all slides: every fold predicts, and the pool scores, the same 8
+    task["genes"] = {"top_k": 8, "select_on": "all"}
+    m, _ = _fit(cohort, tmp_path, task=task, params={"epochs": 3})
+    assert (m.groupby("seed")["gene"].nunique() == 8).all()
     assert len(pred) == 2 * N_CASES
     with pytest.raises(HistofuseError, match="scoring: pooled"):
         _fit(cohort, tmp_path, task={"split": {"scheme": "leave-one-case-out"}})

@@ -8,7 +8,10 @@ mean over genes, then mean ± std over the 50 (repeat, fold) runs (``protocol = 
 For cohorts too small for folds of several cases (the demo has three), ``split.scheme:
 leave-one-case-out`` with ``split.scoring: pooled`` scores each repeat once, on the out-of-fold
 predictions of all cases (``protocol = case-pooled``), over the genes chosen in every fold of
-the repeat; repeats differ in the model seed.
+the repeat; repeats differ in the model seed. With so few training cases the top-k genes change
+from fold to fold, so the demo chooses them once on all slides (``genes.select_on: all``, as
+HEST-Benchmark's ``var_50genes.json``: the test cases' expression variance, not their values
+against features, informs the choice).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ SCORINGS = ("per-fold", "pooled")
 DEFAULT_BULK_TASK: dict[str, Any] = {
     "samples": None,
     "id_column": None,
-    "genes": {"top_k": 50, "list": None},
+    "genes": {"top_k": 50, "list": None, "select_on": "train"},
     "transform": "log2p1",
     "split": {"scheme": "case-kfold", "n_folds": 5, "n_repeats": 10, "scoring": "per-fold"},
     "seed": 1,
@@ -241,9 +244,8 @@ def fit_bulk_task(
         run_seed = seed + rep
         train = np.flatnonzero(np.isin(cases, train_cases))
         test = np.flatnonzero(np.isin(cases, test_cases))
-        genes = select_bulk_genes(
-            truth_cases, genes_cfg, np.flatnonzero(truth_cases.index.isin(train_cases))
-        )
+        on_all = genes_cfg.get("select_on", "train") == "all"
+        genes = select_bulk_genes(values, genes_cfg, np.arange(len(slides)) if on_all else train)
         fold_genes[f"{run_seed}/{fold}"] = genes
         y = values[genes].to_numpy(np.float32)
         est = make_slide_head(aggregation, head, head_params, run_seed)

@@ -120,9 +120,10 @@ def select_bulk_genes(values: pd.DataFrame, genes_cfg: dict, train_rows: np.ndar
     """The genes of one fold: a fixed ``list``, or the ``top_k`` most variable on training rows.
 
     Args:
-        values: Transformed targets, rows × all genes.
+        values: Transformed targets, rows (slides) × all genes.
         genes_cfg: ``list`` or ``top_k``.
-        train_rows: Row positions of the training cases; the test rows never inform the choice.
+        train_rows: Row positions of the training cases' slides; the test cases never inform
+            the choice.
 
     Raises:
         HistofuseError: If ``list`` names genes the table lacks.

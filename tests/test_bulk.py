@@ -337,3 +337,40 @@ def test_bags_above_the_memory_budget_stream_from_the_cache(tmp_path):
     tracemalloc.stop()
     assert sb.max_rows_read == budget_rows(2.0, d) < n
     assert peak < full / 2, peak
+
+
+def test_plan_names_bulk_jobs_with_the_aggregation_in_the_head():
+    from histofuse.bulk.plan import bulk_jobs, bulk_metrics_path
+
+    sets = {"a": ["a"], "b": ["b"], "a+b": ["a", "b"]}
+    spec = {"table": "t.csv", "heads": {"mlp": {}, "concat": {}},
+            "slide_embeddings": {"titan": ["t.pt.csv"], "both": ["t.csv", "p.csv"]}}  # fmt: skip
+    jobs = bulk_jobs({"bulk": {"x": spec}}, sets)
+    assert ("x", "a+b", "abmil", "concat") in jobs and ("x", "a", "mean", "concat") not in jobs
+    assert ("x", "both", "slide", "concat") in jobs and (
+        "x",
+        "titan",
+        "slide",
+        "concat",
+    ) not in jobs
+    assert len(jobs) == 3 * 2 + 1 * 2 + 1 + 2
+    assert bulk_metrics_path(*jobs[0]) == "results/bulk/metrics/x/a/mean-mlp.parquet"
+    with pytest.raises(HistofuseError, match="not feature sets"):
+        bulk_jobs({"bulk": {"x": {**spec, "feature_sets": ["c"]}}}, sets)
+    with pytest.raises(HistofuseError, match="rename it"):
+        bulk_jobs({"bulk": {"x": {**spec, "slide_embeddings": {"a": ["f"]}}}}, sets)
+
+
+def test_cli_bulk_fit_reports_bad_input_in_one_line(cohort, tmp_path, capsys):
+    from histofuse.cli import main
+
+    args = ["bulk-fit", "--task", "t", "--task-json", "{}", "--samples", str(cohort["sheet"]),
+            "--table", str(tmp_path / "missing.csv"), "--features", "enc-a", "--aggregation",
+            "mean", "--stores", str(cohort["stores"]["enc-a"]), "--head", "mlp",
+            "--metrics", str(tmp_path / "m.parquet"), "--predictions", str(tmp_path / "p.parquet")]  # fmt: skip
+    assert main(args) == 2
+    assert "missing.csv does not exist" in capsys.readouterr().err
+    args[args.index("--table") + 1] = str(cohort["table"])
+    args[args.index("--task-json") + 1] = json.dumps({"split": {"n_folds": 2, "n_repeats": 1}})
+    assert main([*args, "--head-params", json.dumps({"epochs": 1, "hidden": 8})]) == 0
+    assert set(pd.read_parquet(tmp_path / "m.parquet")["head"]) == {"mean-mlp"}

@@ -374,3 +374,10 @@ def test_cli_bulk_fit_reports_bad_input_in_one_line(cohort, tmp_path, capsys):
     args[args.index("--task-json") + 1] = json.dumps({"split": {"n_folds": 2, "n_repeats": 1}})
     assert main([*args, "--head-params", json.dumps({"epochs": 1, "hidden": 8})]) == 0
     assert set(pd.read_parquet(tmp_path / "m.parquet")["head"]) == {"mean-mlp"}
+
+
+def test_task_params_leave_out_head_settings():
+    from histofuse.bulk.plan import bulk_task_json
+
+    spec = {"table": "t.csv", "heads": {"mlp": {}}, "abmil": {"attention_dim": 8}, "seed": 3}
+    assert json.loads(bulk_task_json(spec)) == {"seed": 3}

@@ -61,5 +61,5 @@ def bulk_metrics_path(task: str, features: str, aggregation: str, head: str) -> 
 
 def bulk_task_json(spec: dict[str, Any]) -> str:
     """The task settings that the fit uses (not its heads or feature sets), as JSON."""
-    skip = ("heads", "feature_sets", "aggregations", "slide_embeddings", "table")
+    skip = ("heads", "abmil", "feature_sets", "aggregations", "slide_embeddings", "table")
     return json.dumps({k: v for k, v in spec.items() if k not in skip}, sort_keys=True)

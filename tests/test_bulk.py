@@ -381,3 +381,14 @@ def test_task_params_leave_out_head_settings():
 
     spec = {"table": "t.csv", "heads": {"mlp": {}}, "abmil": {"attention_dim": 8}, "seed": 3}
     assert json.loads(bulk_task_json(spec)) == {"seed": 3}
+
+
+def test_missing_bulk_table_stops_at_parse_time(tmp_path):
+    from histofuse.bulk.plan import check_bulk_tables
+
+    config = {"bulk": {"x": {"table": str(tmp_path / "b.csv")}}}
+    with pytest.raises(HistofuseError, match=r"`bulk.x.table`: \S*b.csv does not exist"):
+        check_bulk_tables(config, set())
+    check_bulk_tables(config, {str(tmp_path / "b.csv")})  # made by the demo job
+    (tmp_path / "b.csv").write_text("id,G0\n")
+    check_bulk_tables(config, set())

@@ -1,8 +1,16 @@
 # Parse-time set-up of the slide-level bulk tasks (config `bulk`): the job list and the input and
 # params functions of the bulk_fit jobs; cheap (no torch, no file is read).
-from histofuse.bulk.plan import bulk_jobs, bulk_metrics_path, bulk_task_json
+from histofuse.bulk.plan import bulk_jobs, bulk_metrics_path, bulk_task_json, check_bulk_tables
 
 BULK_JOBS = bulk_jobs(config, PLAN.feature_sets)
+check_bulk_tables(
+    config,
+    (
+        {os.path.join(os.path.dirname(config["samples"]), "bulk.csv")}
+        if config["demo"]["enabled"]
+        else set()
+    ),
+)
 
 
 def all_bulk_metrics(wildcards=None):

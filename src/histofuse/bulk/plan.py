@@ -54,6 +54,24 @@ def bulk_jobs(
     return jobs
 
 
+def check_bulk_tables(config: dict[str, Any], produced: set[str]) -> None:
+    """Stops at parse time when a bulk task's table is neither on disk nor made by the workflow.
+
+    Raises:
+        HistofuseError: Naming the task's ``table`` key and the missing file.
+    """
+    import os
+
+    made = {os.path.normpath(p) for p in produced}
+    for task, spec in (config.get("bulk") or {}).items():
+        table = spec["table"]
+        if os.path.normpath(table) not in made and not os.path.isfile(table):
+            raise HistofuseError(
+                f"config `bulk.{task}.table`: {table} does not exist; point it at your bulk table "
+                "or remove the task"
+            )
+
+
 def bulk_metrics_path(task: str, features: str, aggregation: str, head: str) -> str:
     """Metrics file of one bulk job (predictions: ``metrics`` → ``predictions``)."""
     return f"results/bulk/metrics/{task}/{features}/{aggregation}-{head}.parquet"

@@ -129,7 +129,6 @@ class SlideBags:
             self.max_rows_read = max(self.max_rows_read, stop - start)
             parts = [np.asarray(arr[start:stop].compute(), np.float32) for arr in self._arrays]
             self._kept[slide] = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
-            self._kept[slide].setflags(write=False)
             self._kept_bytes += nbytes
             yield self._kept[slide]
             return

@@ -13,6 +13,8 @@ include: "workflow/rules/demo.smk"
 include: "workflow/rules/tile.smk"
 include: "workflow/rules/embed.smk"
 include: "workflow/rules/fit.smk"
+include: "workflow/rules/bulk_common.smk"
+include: "workflow/rules/bulk.smk"
 include: "workflow/rules/report.smk"
 
 

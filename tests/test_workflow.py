@@ -69,8 +69,10 @@ def test_dry_run_plans_the_demo(tmp_path):
     proc = snakemake(tmp_path, "-n")
     counts = job_counts(proc.stdout)
     # fit: hest and linear on 3 feature sets + 7 fusion heads on the concatenation only
+    # bulk_fit: mean and ABMIL slide heads on the 3 feature sets
     assert counts == {
         "all": 1,
+        "bulk_fit": 6,
         "demo_cohort": 1,
         "embed": 2,
         "fit": 13,
@@ -129,6 +131,7 @@ def test_demo_end_to_end_report(demo_run):
     ):
         assert col in summary.columns
     assert sorted(set(summary["features"])) == ["tiny-cnn", "tiny-cnn+tiny-vit", "tiny-vit"]
+    summary = summary[summary["task"] == "demo-spots"]
     fused = summary[summary["features"] == "tiny-cnn+tiny-vit"]
     assert {"concat", "self-attn-released", "token-attn", "gated"} <= set(fused["head"])
     assert set(summary[summary["features"] == "tiny-vit"]["head"]) == {"hest", "linear"}
@@ -140,6 +143,23 @@ def test_demo_end_to_end_report(demo_run):
     assert (summary["n_folds"] == 3).all() and (summary["n_genes"] == 50).all()
     md = (work / "results/report/summary.md").read_text()
     assert "tiny-cnn+tiny-vit" in md
+
+
+@pytest.mark.slow
+def test_demo_bulk_rows_put_mean_and_abmil_side_by_side(demo_run):
+    work = demo_run[0]
+    summary = pd.read_csv(work / "results/report/summary.csv")
+    bulk = summary[summary["task"] == "demo-bulk"]
+    assert set(bulk["protocol"]) == {"case-pooled"}
+    for features in ("tiny-cnn", "tiny-vit", "tiny-cnn+tiny-vit"):
+        assert set(bulk[bulk["features"] == features]["head"]) == {"mean-mlp", "abmil-mlp"}
+    # two leave-one-case-out repeats, each scored once over the three cases' predictions
+    assert (bulk["n_folds"] == 2).all() and bulk["pearson_mean"].notna().all()
+    pred = pd.read_parquet(work / "results/bulk/predictions/demo-bulk/tiny-vit/abmil-mlp.parquet")
+    assert sorted(pred["case"]) == ["P1", "P1", "P2", "P2", "P3", "P3"]
+    assert (pred["n_slides"] == 2).all()
+    wide = pd.read_csv(work / "results/report/wide.csv", index_col="method")
+    assert "demo-bulk_mean" in wide.columns
 
 
 @pytest.mark.slow
@@ -163,7 +183,8 @@ def test_new_encoder_schedules_only_its_jobs(demo_run, tmp_path):
     work = demo_run[0]
     cfg = write_config(tmp_path / "c.yaml", encoders=["tiny-vit", "tiny-cnn", "tiny-vit-mean"])
     counts = job_counts(snakemake(work, "-n", config=cfg).stdout)
-    assert counts == {"all": 1, "embed": 1, "fit": 2, "report": 1}  # hest and linear
+    # hest and linear; mean and ABMIL slide heads
+    assert counts == {"all": 1, "embed": 1, "fit": 2, "bulk_fit": 2, "report": 1}
 
 
 @pytest.mark.slow
@@ -182,7 +203,9 @@ def test_added_slides_schedule_only_new_shards(demo_run, tmp_path):
     cfg = write_config(tmp_path / "c.yaml", **{"demo.patients": 4})
     proc = snakemake(work, "-n", config=cfg)
     counts = job_counts(proc.stdout)
-    assert counts == {"all": 1, "demo_cohort": 1, "tile": 2, "embed": 2, "fit": 13, "report": 1}
+    assert counts == {
+        "all": 1, "demo_cohort": 1, "tile": 2, "embed": 2, "fit": 13, "bulk_fit": 6, "report": 1
+    }  # fmt: skip
     assert "results/features/tiny-vit/0001.zarr" in proc.stdout
 
 
@@ -219,7 +242,9 @@ def test_weights_and_pooling_changes_recompute_only_affected_stores(demo_run, tm
     weights = tmp_path / "tiny-cnn.pth"
     _save_weights(weights, seed=1)
     # only the HEST probe, so the reruns below stay short
-    cfg = write_config(tmp_path / "c.yaml", weights={"tiny-cnn": str(weights)}, heads={"hest": {}})
+    cfg = write_config(
+        tmp_path / "c.yaml", weights={"tiny-cnn": str(weights)}, heads={"hest": {}}, bulk={}
+    )
     # new weights: only tiny-cnn's store and the heads reading it
     assert job_counts(snakemake(work, "-n", config=cfg).stdout) == {
         "all": 1,
@@ -250,6 +275,7 @@ def test_weights_and_pooling_changes_recompute_only_affected_stores(demo_run, tm
         encoders=["tiny-vit-mean", "tiny-cnn"],
         weights={"tiny-cnn": str(weights)},
         heads={"hest": {}},
+        bulk={},
         **{"feature_sets.concat": [["tiny-vit-mean", "tiny-cnn"]]},
     )
     assert job_counts(snakemake(work, "-n", config=cfg2).stdout) == {
@@ -285,7 +311,7 @@ def test_demo_report_files_and_formats_agree(demo_run):
     wide = pd.read_csv(out / "wide.csv", index_col="method")
     for r in summary.itertuples():
         assert wide.at[
-            f"{r.features} · {r.head} · {r.protocol}", "demo-spots_mean"
+            f"{r.features} · {r.head} · {r.protocol}", f"{r.task}_mean"
         ] == pytest.approx(r.pearson_mean, abs=1e-6)
     gains = pd.read_csv(out / "gains.csv")
     assert set(gains["features"]) == {"tiny-cnn+tiny-vit"}
@@ -380,7 +406,9 @@ def test_index_html_renders_tables_and_images(demo_run, tmp_path):
     n_rows = len(pd.read_csv(demo_run[0] / "results/report/summary.csv"))
     assert tables["table-summary"]["rows"] == 1 + n_rows
     assert tables["table-summary"]["height"] > 50
-    assert tables["table-wide"]["rows"] >= 4 and tables["table-per-gene-0"]["rows"] == 51
+    assert tables["table-wide"]["rows"] >= 4
+    # per-gene tables by task name: demo-bulk (30 genes), then demo-spots (50 genes)
+    assert [tables[f"table-per-gene-{i}"]["rows"] for i in (0, 1)] == [31, 51]
 
     shot = tmp_path / "page.png"
     proc = headless(browser, f"--screenshot={shot}", "--window-size=1280,2400", index.as_uri())

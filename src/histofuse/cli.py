@@ -161,6 +161,25 @@ def _fit(args: argparse.Namespace) -> None:
     )
 
 
+def _bulk_fit(args: argparse.Namespace) -> None:
+    from histofuse.bulk.evaluate import fit_bulk_task
+
+    fit_bulk_task(
+        args.task,
+        json.loads(args.task_json),
+        args.samples,
+        args.table,
+        args.features,
+        args.aggregation,
+        args.head,
+        json.loads(args.head_params),
+        args.metrics,
+        args.predictions,
+        stores=args.stores or (),
+        embeddings=args.embeddings or (),
+    )
+
+
 def _report(args: argparse.Namespace) -> None:
     from histofuse.report.build import build_report, parse_options
 
@@ -274,6 +293,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics", required=True)
     s.add_argument("--predictions", required=True)
     s.set_defaults(func=_fit)
+
+    s = sub.add_parser("bulk-fit", help="fit one slide head for a slide-level bulk task")
+    s.add_argument("--task", required=True)
+    s.add_argument("--task-json", required=True, help="the task's config (JSON)")
+    s.add_argument("--samples", required=True, help="sample sheet (slide → case)")
+    s.add_argument("--table", required=True, help="bulk table (.csv/.tsv/.parquet/.h5ad)")
+    s.add_argument("--features", required=True, help="feature set name")
+    s.add_argument("--aggregation", required=True, choices=["mean", "abmil", "slide"])
+    s.add_argument("--stores", nargs="*", help="feature stores (mean, abmil)")
+    s.add_argument("--embeddings", nargs="*", help="slide embedding tables (slide)")
+    s.add_argument("--head", required=True)
+    s.add_argument("--head-params", default="{}")
+    s.add_argument("--metrics", required=True)
+    s.add_argument("--predictions", required=True)
+    s.set_defaults(func=_bulk_fit)
 
     s = sub.add_parser("report", help="summary tables from metrics files")
     s.add_argument("--metrics", nargs="+", required=True)

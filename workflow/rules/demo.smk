@@ -6,6 +6,7 @@ if config["demo"]["enabled"]:
             sheet=config["samples"],
             slides=SAMPLES["slide"].tolist(),
             expression=SAMPLES["expression"].tolist(),
+            bulk=os.path.join(os.path.dirname(config["samples"]), "bulk.csv"),
         params:
             out=parent_of_first_output,
             seed=config["demo"]["seed"],

@@ -2,8 +2,8 @@
 # the tiling QC thumbnails). The `report` config section is a param: changing it reruns only this.
 rule report:
     input:
-        metrics=all_metrics(),
-        predictions=all_predictions(),
+        metrics=all_metrics() + all_bulk_metrics(),
+        predictions=all_predictions() + all_bulk_predictions(),
         qc=all_qc_thumbnails(),
     output:
         csv=report("results/report/summary.csv", caption="../report/summary.rst", category="Summary"),

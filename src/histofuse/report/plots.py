@@ -41,17 +41,21 @@ def _of_task(frame: pd.DataFrame, task: str) -> pd.DataFrame:
 
 
 def bar_chart(summary: pd.DataFrame, stem: Path) -> list[Path]:
-    """Mean Pearson ± std over folds per method, one panel per task."""
+    """Mean Pearson ± std over folds per method, one panel per task.
+
+    Panels are stacked, so the figure keeps a readable aspect however many tasks there are.
+    """
     plt = _pyplot()
     tasks = _tasks(summary)
     lk = label_keys(summary)
+    most = max(len(_of_task(summary, t)) for t in tasks)
     fig, axes = plt.subplots(
-        1,
         len(tasks),
-        figsize=(max(4.0, 1.2 * summary.shape[0] / len(tasks) + 2) * len(tasks), 3.6),
+        1,
+        figsize=(max(4.0, 1.2 * most + 2), 3.6 * len(tasks)),
         squeeze=False,
     )
-    for ax, task in zip(axes[0], tasks, strict=True):
+    for ax, task in zip(axes[:, 0], tasks, strict=True):
         rows = _of_task(summary, task).sort_values("pearson_mean", ascending=False)
         labels = [method_label(r, lk) for r in rows.to_dict("records")]
         x = np.arange(len(rows))

@@ -1,0 +1,140 @@
+"""Bulk expression tables and slide-embedding files: reading, transforms, gene selection.
+
+A table has one row per id (a slide's ``sample_id`` or a case's ``patient_id``) and one column
+per gene (or embedding dimension). Accepted formats: CSV/TSV (the id in ``id_column`` or the
+first column), parquet (the same, or a named index) and ``.h5ad`` (ids from ``obs_names``,
+columns from ``var_names``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from histofuse.errors import HistofuseError
+
+BULK_TRANSFORMS = ("log2p1", "log1p", "log1p_cpm", "log2_cp10k", "none")
+
+
+def read_table(path: str | Path, id_column: str | None = None, what: str = "table") -> pd.DataFrame:
+    """Reads an id × columns numeric table.
+
+    Args:
+        path: ``.csv``, ``.tsv``, ``.parquet`` or ``.h5ad``.
+        id_column: Column holding the ids (default: the first column; for parquet a named
+            index is used when present).
+        what: What the table is, for error messages.
+
+    Returns:
+        A float64 frame indexed by id (str).
+
+    Raises:
+        HistofuseError: If the file is missing, unreadable, has duplicate ids or non-numeric
+            values.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise HistofuseError(f"{what} {path} does not exist; check the path in the config")
+    suffix = "".join(path.suffixes[-1:]).lower()
+    try:
+        if suffix == ".h5ad":
+            import anndata
+
+            adata = anndata.read_h5ad(path)
+            x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+            df = pd.DataFrame(x, index=adata.obs_names, columns=adata.var_names)
+        elif suffix == ".parquet":
+            df = pd.read_parquet(path)
+            if id_column is None and df.index.name is None:
+                id_column = str(df.columns[0])
+            if id_column is not None:
+                df = df.set_index(id_column)
+        elif suffix in (".csv", ".tsv", ".txt"):
+            df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+            df = df.set_index(id_column or str(df.columns[0]))
+        else:
+            raise HistofuseError(
+                f"{what} {path}: unknown format {suffix!r}; use .csv, .tsv, .parquet or .h5ad"
+            )
+    except HistofuseError:
+        raise
+    except KeyError as exc:
+        raise HistofuseError(f"{what} {path} has no id column {exc}; set `id_column`") from None
+    except Exception as exc:
+        raise HistofuseError(f"{what} {path} is not readable: {exc}") from exc
+    df.index = df.index.astype(str)
+    df.columns = df.columns.astype(str)
+    if df.index.duplicated().any():
+        dup = df.index[df.index.duplicated()][0]
+        raise HistofuseError(f"{what} {path} lists id {dup!r} twice; keep one row per id")
+    try:
+        df = df.astype(np.float64)
+    except (TypeError, ValueError) as exc:
+        raise HistofuseError(
+            f"{what} {path} has non-numeric values ({exc}); the ids go in the first column "
+            "(or `id_column`) and every other column must be numeric"
+        ) from None
+    if not np.isfinite(df.to_numpy()).all():
+        raise HistofuseError(f"{what} {path} has missing or infinite values; fill or drop them")
+    return df
+
+
+def transform_bulk(values: np.ndarray, how: str) -> np.ndarray:
+    """Applies a target transform to bulk values (rows × genes, over all genes of the table).
+
+    Args:
+        values: Non-negative expression values (e.g. FPKM-UQ or counts).
+        how: ``log2p1`` (``log2(x + 1)``, as released on TCGA FPKM-UQ), ``log1p``,
+            ``log1p_cpm`` (per million of the row total, then ``log1p``), ``log2_cp10k``
+            (``log2(1 + per 10k)``) or ``none``.
+
+    Raises:
+        HistofuseError: For an unknown transform or negative values under a log transform.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if how not in BULK_TRANSFORMS:
+        raise HistofuseError(
+            f"unknown bulk transform {how!r}; choose one of {', '.join(BULK_TRANSFORMS)}"
+        )
+    if how == "none":
+        return values
+    if (values < 0).any():
+        raise HistofuseError(
+            f"bulk transform {how!r} needs non-negative values; the table has negatives (is it "
+            "already log-transformed? then use `transform: none`)"
+        )
+    if how == "log2p1":
+        return np.log2(values + 1.0)
+    if how == "log1p":
+        return np.log1p(values)
+    totals = values.sum(axis=1, keepdims=True)
+    scaled = np.where(totals > 0, values / np.maximum(totals, 1e-12), 0.0)
+    if how == "log1p_cpm":
+        return np.log1p(scaled * 1e6)
+    return np.log2(1.0 + scaled * 1e4)
+
+
+def select_bulk_genes(values: pd.DataFrame, genes_cfg: dict, train_rows: np.ndarray) -> list[str]:
+    """The genes of one fold: a fixed ``list``, or the ``top_k`` most variable on training rows.
+
+    Args:
+        values: Transformed targets, rows (slides) × all genes.
+        genes_cfg: ``list`` or ``top_k``.
+        train_rows: Row positions of the training cases' slides; the test cases never inform
+            the choice.
+
+    Raises:
+        HistofuseError: If ``list`` names genes the table lacks.
+    """
+    from histofuse.data.expression import top_variable_genes
+
+    if genes_cfg.get("list"):
+        absent = sorted(set(genes_cfg["list"]) - set(values.columns))
+        if absent:
+            raise HistofuseError(
+                f"bulk `genes.list` names genes not in the table: {absent[:5]}; fix the list"
+            )
+        return list(genes_cfg["list"])
+    return top_variable_genes(values.iloc[train_rows], int(genes_cfg.get("top_k", 50)))

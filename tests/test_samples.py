@@ -18,6 +18,7 @@ def test_relative_paths_resolve_against_the_sheet(tmp_path):
     assert df.at["A", "mpp"] == 0.25
     assert df.at["B", "expression"] == ""
     assert df.at["B", "mpp"] != df.at["B", "mpp"]  # NaN: no override
+    assert df["mpp_source"].tolist() == ["override", ""]
 
 
 @pytest.mark.parametrize(
@@ -81,14 +82,31 @@ def test_hest1k_folder_becomes_the_sample_table(small_cohort, tmp_path):
         table["patient_id"].iloc[1:].tolist() == sheet.loc[table.index[1:], "patient_id"].tolist()
     )
     assert (table["mpp"] == 0.5).all() and table["slide"].str.endswith(".tif").all()
+    assert (table["mpp_source"] == "hest-metadata").all()
     spec = TilingSpec(patch_um=56.0, target_mpp=1.0)
+    row = table.loc[first]
     tiles, meta, _ = tile_sample(
-        table.at[first, "slide"], spec, table.at[first, "expression"], table.at[first, "mpp"]
+        row["slide"], spec, row["expression"], row["mpp"], mpp_source=row["mpp_source"]
     )
-    assert meta["mpp_source"] == "override" and len(tiles) > 0
+    assert meta["mpp_source"] == "hest-metadata" and len(tiles) > 0
+    # the HEST estimate wins over the slide header: a wrong estimate changes the patch size
+    (hest / "metadata" / f"{first}.json").write_text(json.dumps({"pixel_size_um_estimated": 0.25}))
+    row = load_samples(hest).loc[first]
+    tiles, meta, _ = tile_sample(
+        row["slide"], spec, row["expression"], row["mpp"], mpp_source=row["mpp_source"]
+    )
+    assert meta["mpp_x"] == 0.25 and (tiles["size0"] == 224).all()
+    # without an estimate the slide's own metadata decides, and says so
     (hest / "metadata" / f"{first}.json").write_text("{}")
-    with pytest.raises(HistofuseError, match=f"{first}.json has no numeric"):
+    row = load_samples(hest).loc[first]
+    assert row["mpp"] != row["mpp"] and row["mpp_source"] == ""
+    tiles, meta, _ = tile_sample(row["slide"], spec, row["expression"], None)
+    assert meta["mpp_source"] == "openslide.mpp" and meta["mpp_x"] == pytest.approx(0.5)
+    assert (tiles["size0"] == 112).all()
+    (hest / "metadata" / f"{first}.json").write_text('{"pixel_size_um_estimated": "n/a"}')
+    with pytest.raises(HistofuseError, match=f"{first}.json: `pixel_size_um_estimated` = 'n/a'"):
         load_samples(hest)
+    (hest / "metadata" / f"{first}.json").write_text("{}")
     (hest / "st" / f"{first}.h5ad").unlink()
     with pytest.raises(HistofuseError, match=f"{first}.tif has no st/{first}.h5ad"):
         load_samples(hest)

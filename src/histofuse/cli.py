@@ -72,6 +72,7 @@ def _tile(args: argparse.Namespace) -> None:
                 sheet.at[s, "slide"],
                 sheet.at[s, "expression"],
                 None if sheet.at[s, "mpp"] != sheet.at[s, "mpp"] else sheet.at[s, "mpp"],
+                sheet.at[s, "mpp_source"] or "override",
                 Path(args.out_dir) / f"{s}.parquet",
             )
             for s in args.sample
@@ -80,11 +81,15 @@ def _tile(args: argparse.Namespace) -> None:
     else:
         if len(args.sample) != 1 or not (args.slide and args.out):
             raise HistofuseError("tile needs one --sample with --slide and --out")
-        jobs = [(args.sample[0], args.slide, args.expression, args.mpp, Path(args.out))]
+        jobs = [
+            (args.sample[0], args.slide, args.expression, args.mpp, args.mpp_source, Path(args.out))
+        ]
     failed = []
-    for sample, slide, expression, mpp, out in jobs:
+    for sample, slide, expression, mpp, mpp_source, out in jobs:
         try:
-            table, meta, mask = tile_sample(slide, spec, expression or None, mpp_override=mpp)
+            table, meta, mask = tile_sample(
+                slide, spec, expression or None, mpp_override=mpp, mpp_source=mpp_source
+            )
         except HistofuseError as exc:
             if not args.keep_going:
                 raise HistofuseError(f"sample {sample}: {exc}") from None
@@ -216,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--patch-um", type=float, default=112.0)
     s.add_argument("--target-mpp", type=float, default=0.5)
     s.add_argument("--mpp", type=float, default=None, help="µm/px override for this slide")
+    s.add_argument(
+        "--mpp-source", default="override", help="where --mpp came from (e.g. hest-metadata)"
+    )
     s.add_argument("--out", help="tiles parquet (one sample)")
     s.add_argument("--mode", choices=["spots", "grid"], default="spots")
     s.add_argument("--stride-um", type=float, default=None, help="grid step (default patch)")

@@ -25,7 +25,9 @@ def load_samples(path: str | Path, check_files: bool = True) -> pd.DataFrame:
         check_files: Whether every referenced file must exist.
 
     Returns:
-        The table indexed by ``sample_id`` with absolute paths.
+        The table indexed by ``sample_id`` with absolute paths, plus ``mpp_source`` (where the
+        ``mpp`` value came from: ``override`` for the sheet's column, ``hest-metadata`` for a
+        HEST-1k folder; empty when the slide's own metadata decides).
 
     Raises:
         HistofuseError: Naming the row and column of the first problem.
@@ -95,6 +97,7 @@ def load_samples(path: str | Path, check_files: bool = True) -> pd.DataFrame:
         df["mpp"] = mpp
     else:
         df["mpp"] = float("nan")
+    df["mpp_source"] = ["override" if v == v else "" for v in df["mpp"]]
     if "expression" not in df.columns:
         df["expression"] = ""
     return df.set_index("sample_id", drop=False)

@@ -34,7 +34,10 @@ def expression_of(wildcards):
 
 def mpp_flag(wildcards):
     mpp = SAMPLES.at[wildcards.sample, "mpp"] if "mpp" in SAMPLES else None
-    return "" if mpp is None or mpp != mpp else f"--mpp {mpp}"
+    if mpp is None or mpp != mpp:
+        return ""
+    source = SAMPLES.at[wildcards.sample, "mpp_source"] if "mpp_source" in SAMPLES else ""
+    return f"--mpp {mpp}" + (f" --mpp-source {source}" if source else "")
 
 
 def shard_tiles(wildcards):

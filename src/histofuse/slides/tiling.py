@@ -95,6 +95,7 @@ def tile_sample(
     spec: TilingSpec,
     expression: str | Path | None = None,
     mpp_override: float | None = None,
+    mpp_source: str = "override",
 ) -> tuple[pd.DataFrame, dict[str, Any], TissueMask]:
     """Tiles one sample in the spec's mode.
 
@@ -107,6 +108,7 @@ def tile_sample(
         spec: The tiling spec.
         expression: The ``.h5ad`` with spot centres (``spots`` mode).
         mpp_override: The sheet's µm/px for this slide, if set.
+        mpp_source: Where ``mpp_override`` came from (recorded as the µm/px source).
 
     Returns:
         The tiles table, its metadata (slide, µm/px and source, spec, read level, effective
@@ -119,7 +121,7 @@ def tile_sample(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     with open_slide(slide_path) as slide:
-        mpp = slide_mpp(slide, slide_path, mpp_override)
+        mpp = slide_mpp(slide, slide_path, mpp_override, mpp_source)
         width, height = slide.dimensions
         target_ds = spec.target_mpp / mpp.x
         level = best_level(tuple(slide.level_downsamples), target_ds)

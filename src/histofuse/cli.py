@@ -48,6 +48,7 @@ def _tile(args: argparse.Namespace) -> None:
         target_mpp=args.target_mpp,
         stride_um=args.stride_um,
         min_tissue=args.min_tissue,
+        spot_min_tissue=args.spot_min_tissue,
         tissue=tissue,
     )
     if args.patches:
@@ -102,10 +103,12 @@ def _tile(args: argparse.Namespace) -> None:
         write_qc(table, meta, mask, Path(args.qc) if args.qc else stem.with_suffix(".qc.png"))
         write_stats(meta, Path(args.stats) if args.stats else stem.with_suffix(".json"))
         logging.info(
-            "%s: %d %s tiles of %d px at %.4g µm/px (µm/px from %s)",
+            "%s: %d %s tiles (%d dropped for tissue < %g) of %d px at %.4g µm/px (µm/px from %s)",
             sample,
             len(table),
             spec.mode,
+            meta["n_dropped_tissue"],
+            meta["min_tissue"],
             spec.patch_px,
             meta["effective_mpp"],
             meta["mpp_source"],
@@ -228,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mode", choices=["spots", "grid"], default="spots")
     s.add_argument("--stride-um", type=float, default=None, help="grid step (default patch)")
     s.add_argument("--min-tissue", type=float, default=0.5, help="grid: min tissue fraction")
+    s.add_argument(
+        "--spot-min-tissue", type=float, default=0.0, help="spots: min tissue fraction (0: all)"
+    )
     s.add_argument("--tissue", default="{}", help="tissue detection parameters (JSON)")
     s.add_argument("--qc", help="QC thumbnail (default: beside --out, .qc.png)")
     s.add_argument("--stats", help="counts/timings JSON (default: beside --out, .json)")

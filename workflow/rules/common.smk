@@ -128,6 +128,7 @@ def tiling_flags(wildcards):
 
     t = config["tiling"]
     flags = f"--mode {t['mode']} --min-tissue {t['min_tissue']}"
+    flags += f" --spot-min-tissue {t['spot_min_tissue']}"
     if t.get("stride_um") is not None:
         flags += f" --stride-um {t['stride_um']}"
     if hasattr(wildcards, "sample") and expression_of(wildcards):

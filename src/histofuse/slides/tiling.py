@@ -101,7 +101,11 @@ def tile_sample(
 
     ``grid`` covers the slide with tiles of ``spec.patch_um`` every ``spec.step_um`` and keeps
     those whose tissue fraction is at least ``spec.min_tissue``; ``spots`` centres one patch on
-    each spot of ``expression`` (keeping its barcode). Both record every tile's tissue fraction.
+    each spot of ``expression`` (keeping its barcode) and keeps those whose tissue fraction is at
+    least ``spec.spot_min_tissue`` (0, every spot, by default). Both record every tile's tissue
+    fraction, and the metadata counts the candidates and the tiles dropped for too little tissue.
+    A spot whose centre lies outside the slide is an error: it means the coordinates do not
+    belong to this slide or are not level-0 pixels, which dropping would hide.
 
     Args:
         slide_path: The whole-slide image.
@@ -149,8 +153,9 @@ def tile_sample(
         raise HistofuseError(f"tiling mode {spec.mode!r} is unknown; use spots or grid")
     table["tissue"] = tissue.box_fractions(table["x0"], table["y0"], table["size0"])
     n_candidates = len(table)
-    if spec.mode == "grid":
-        table = table[table["tissue"] >= spec.min_tissue].reset_index(drop=True)
+    threshold = spec.min_tissue if spec.mode == "grid" else spec.spot_min_tissue
+    if threshold > 0:
+        table = table[table["tissue"] >= threshold].reset_index(drop=True)
     table["x_um"] = table["x"] * mpp.x
     table["y_um"] = table["y"] * mpp.y
     timings["tile"] = time.perf_counter() - t0 - timings["open"] - timings["tissue"]
@@ -160,6 +165,8 @@ def tile_sample(
         effective_mpp=side * mpp.x / spec.patch_px,
         n_tiles=len(table),
         n_candidates=n_candidates,
+        n_dropped_tissue=n_candidates - len(table),
+        min_tissue=threshold,
         tissue_fraction=tissue.fraction,
         tissue_level=tissue.level,
         tissue_threshold=tissue.threshold,
@@ -226,7 +233,8 @@ def write_stats(meta: dict[str, Any], out: str | Path, **extra: Any) -> None:
     """Writes the per-sample tiling summary (counts, µm/px and its source, timings) as JSON."""
     keys = (
         "sample", "slide", "mpp_x", "mpp_y", "mpp_source", "effective_mpp", "read_level",
-        "read_downsample", "n_tiles", "n_candidates", "tissue_fraction", "tissue_level",
+        "read_downsample", "n_tiles", "n_candidates", "n_dropped_tissue", "min_tissue",
+        "tissue_fraction", "tissue_level",
         "timings", "tiling",
     )  # fmt: skip
     out = Path(out)

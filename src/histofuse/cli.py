@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from histofuse import __version__
 from histofuse.errors import HistofuseError
@@ -28,6 +29,18 @@ def _demo_cohort(args: argparse.Namespace) -> None:
         n_genes=args.genes,
     )
     print(sheet)
+    if args.hest_bench:
+        from histofuse.demo import write_demo_hest_bench
+
+        folder = write_demo_hest_bench(
+            sheet.parent, patch_px=args.hest_bench_px, patch_mpp=args.hest_bench_mpp
+        )
+        print(folder)
+
+
+def _beside(tiles: Path, suffix: str) -> Path:
+    """``{sample}.parquet`` → ``{sample}{suffix}``; sample ids may hold dots (``task.id``)."""
+    return tiles.with_name(tiles.name.removesuffix(".parquet") + suffix)
 
 
 def _tile(args: argparse.Namespace) -> None:
@@ -52,12 +65,15 @@ def _tile(args: argparse.Namespace) -> None:
         tissue=tissue,
     )
     if args.patches:
-        from histofuse.slides.patches import patch_tiles
+        from histofuse.slides.patches import patch_tiles, write_patch_qc
 
         table, meta = patch_tiles(args.patches, args.patch_um, args.target_mpp)
         meta["sample"] = args.sample[0]
-        write_tiles(table, meta, Path(args.out))
-        write_stats(meta, Path(args.stats) if args.stats else Path(args.out).with_suffix(".json"))
+        out = Path(args.out)
+        write_tiles(table, meta, out)
+        write_patch_qc(table, meta, Path(args.qc) if args.qc else _beside(out, ".qc.png"))
+        write_stats(meta, Path(args.stats) if args.stats else _beside(out, ".json"))
+        logging.info("%s: %d pre-cut patches from %s", meta["sample"], len(table), args.patches)
         return
     if args.sheet:
         if not args.out_dir:
@@ -99,9 +115,8 @@ def _tile(args: argparse.Namespace) -> None:
             continue
         meta["sample"] = sample
         write_tiles(table, meta, out)
-        stem = out.with_suffix("")
-        write_qc(table, meta, mask, Path(args.qc) if args.qc else stem.with_suffix(".qc.png"))
-        write_stats(meta, Path(args.stats) if args.stats else stem.with_suffix(".json"))
+        write_qc(table, meta, mask, Path(args.qc) if args.qc else _beside(out, ".qc.png"))
+        write_stats(meta, Path(args.stats) if args.stats else _beside(out, ".json"))
         logging.info(
             "%s: %d %s tiles (%d dropped for tissue < %g) of %d px at %.4g µm/px (µm/px from %s)",
             sample,
@@ -213,6 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--patients", type=int, default=3)
     s.add_argument("--slides-per-patient", type=int, default=2)
     s.add_argument("--genes", type=int, default=120)
+    s.add_argument(
+        "--hest-bench", action="store_true", help="also write OUT/hest-bench, a HEST-Bench task"
+    )
+    s.add_argument("--hest-bench-px", type=int, default=224, help="side of its stored patches")
+    s.add_argument("--hest-bench-mpp", type=float, default=0.5, help="µm/px of its patches")
     s.set_defaults(func=_demo_cohort)
 
     s = sub.add_parser("tile", help="tile coordinates (spots or grid) of one or more samples")

@@ -109,7 +109,12 @@ def fit_task(
 
     t0 = time.perf_counter()
     task = {**DEFAULT_TASK, **task}
-    sheet = load_samples(samples_sheet)
+    if task.get("hest_bench"):  # the folder's samples, official splits and gene list
+        from histofuse.hest_bench import resolve_bench_task
+
+        sheet, task = resolve_bench_task(task_name, task)
+    else:
+        sheet = load_samples(samples_sheet)
     names = task["samples"] or [s for s in sheet.index if sheet.at[s, "expression"]]
     unknown = sorted(set(names) - set(sheet.index))
     if unknown:
@@ -151,7 +156,10 @@ def fit_task(
 
     metrics, predictions, fold_genes = [], [], {}
     for seed in seeds:
-        folds = task_splits(task["split"] or {}, patients, sample_ids, seed)
+        split_ids = sheet.loc[sample_ids, "split_id"].to_numpy() if "split_id" in sheet else None
+        folds = task_splits(
+            task["split"] or {}, patients, sample_ids if split_ids is None else split_ids, seed
+        )
         for fold, (train, test) in enumerate(folds):
             genes = select_genes(log_counts, genes_cfg, train)
             fold_genes[f"{seed}/{fold}"] = genes

@@ -37,7 +37,7 @@ def mpp_flag(wildcards):
     if mpp is None or mpp != mpp:
         return ""
     source = SAMPLES.at[wildcards.sample, "mpp_source"] if "mpp_source" in SAMPLES else ""
-    return f"--mpp {mpp}" + (f" --mpp-source {source}" if source else "")
+    return f"--mpp {mpp}" + (f" --mpp-source {source}" if isinstance(source, str) and source else "")
 
 
 def shard_tiles(wildcards):
@@ -94,6 +94,7 @@ def all_metrics(wildcards=None):
         for features in PLAN.feature_sets
         for head in config["heads"]
         if head not in FUSION_HEADS or len(PLAN.feature_sets[features]) > 1
+        if head in (config["tasks"][task].get("heads") or config["heads"])
     ]
 
 
@@ -134,3 +135,17 @@ def tiling_flags(wildcards):
     if hasattr(wildcards, "sample") and expression_of(wildcards):
         flags += f" --expression {shlex.quote(expression_of(wildcards))}"
     return flags + f" --tissue {shlex.quote(json.dumps(t['tissue'], sort_keys=True))}"
+
+
+# HEST-Bench tasks (`tasks.<name>.hest_bench`): pre-cut patches as the tile source, and the
+# folder's split files and gene list as inputs of the task's fit jobs.
+def patches_of(wildcards):
+    patches = SAMPLES.at[wildcards.sample, "patches"] if "patches" in SAMPLES else ""
+    return patches if isinstance(patches, str) else ""
+
+
+def task_bench_files(wildcards):
+    from histofuse.hest_bench import bench_files
+
+    folder = config["tasks"][wildcards.task].get("hest_bench")
+    return bench_files(folder) if folder else []

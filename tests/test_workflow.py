@@ -68,14 +68,15 @@ def test_lint_is_clean():
 def test_dry_run_plans_the_demo(tmp_path):
     proc = snakemake(tmp_path, "-n")
     counts = job_counts(proc.stdout)
-    # fit: hest and linear on 3 feature sets + 7 fusion heads on the concatenation only
+    # fit: hest and linear on 3 feature sets + 7 fusion heads on the concatenation only, and
+    # the HEST-Bench task's probe on 3 feature sets; its 3 samples are a second embed shard
     assert counts == {
         "all": 1,
         "demo_cohort": 1,
-        "embed": 2,
-        "fit": 13,
+        "embed": 4,
+        "fit": 16,
         "report": 1,
-        "tile": 6,
+        "tile": 9,
     }
     assert not (tmp_path / "results").exists()
 
@@ -134,7 +135,13 @@ def test_demo_end_to_end_report(demo_run):
     assert set(summary[summary["features"] == "tiny-vit"]["head"]) == {"hest", "linear"}
     assert set(summary["protocol"]) == {"hest-pooled", "per-sample"}
     summary = summary[summary["protocol"] == "hest-pooled"]
-    assert (summary["task"] == "demo-spots").all()
+    assert set(summary["task"]) == {"demo-spots", "demo-bench"}
+    # the HEST-Bench task: its probe on every feature set, over the folder's three official splits
+    bench = summary[summary["task"] == "demo-bench"]
+    assert set(bench["head"]) == {"hest"} and len(bench) == 3
+    for sid in ("P1-S1", "P2-S1", "P3-S1"):
+        stats = json.loads((work / f"results/tiles/demo-bench.{sid}.json").read_text())
+        assert stats["mpp_source"] == "pre-cut patches" and stats["n_tiles"] > 0
     assert summary["pearson_mean"].between(0.05, 1).all()  # finite and informative
     assert summary["pearson_std"].ge(0).all()
     assert (summary["n_folds"] == 3).all() and (summary["n_genes"] == 50).all()
@@ -155,7 +162,7 @@ def test_head_change_reruns_only_heads(demo_run, tmp_path):
     work = demo_run[0]
     cfg = write_config(tmp_path / "c.yaml", **{"heads.hest": {"n_components": 32}})
     counts = job_counts(snakemake(work, "-n", config=cfg).stdout)
-    assert counts == {"all": 1, "fit": 3, "report": 1}
+    assert counts == {"all": 1, "fit": 6, "report": 1}  # 3 feature sets × 2 tasks
 
 
 @pytest.mark.slow
@@ -163,15 +170,16 @@ def test_new_encoder_schedules_only_its_jobs(demo_run, tmp_path):
     work = demo_run[0]
     cfg = write_config(tmp_path / "c.yaml", encoders=["tiny-vit", "tiny-cnn", "tiny-vit-mean"])
     counts = job_counts(snakemake(work, "-n", config=cfg).stdout)
-    assert counts == {"all": 1, "embed": 1, "fit": 2, "report": 1}  # hest and linear
+    # its two shards; hest and linear on the sheet's task, hest on the HEST-Bench task
+    assert counts == {"all": 1, "embed": 2, "fit": 3, "report": 1}
 
 
 @pytest.mark.slow
 def test_shard_registry_is_recorded(demo_run):
     registry = (demo_run[0] / "results/shards.tsv").read_text().splitlines()
     assert registry[0] == "sample_id\tshard"
-    assert {line.split("\t")[1] for line in registry[1:]} == {"0000"}
-    assert len(registry) == 1 + 6
+    assert {line.split("\t")[1] for line in registry[1:]} == {"0000", "0001"}
+    assert len(registry) == 1 + 6 + 3  # the sheet's slides, then the HEST-Bench samples
 
 
 @pytest.mark.slow
@@ -220,11 +228,11 @@ def test_weights_and_pooling_changes_recompute_only_affected_stores(demo_run, tm
     _save_weights(weights, seed=1)
     # only the HEST probe, so the reruns below stay short
     cfg = write_config(tmp_path / "c.yaml", weights={"tiny-cnn": str(weights)}, heads={"hest": {}})
-    # new weights: only tiny-cnn's store and the heads reading it
+    # new weights: only tiny-cnn's stores (both shards) and the heads reading them
     assert job_counts(snakemake(work, "-n", config=cfg).stdout) == {
         "all": 1,
-        "embed": 1,
-        "fit": 2,
+        "embed": 2,
+        "fit": 4,
         "report": 1,
     }
     snakemake(work, config=cfg)
@@ -237,8 +245,8 @@ def test_weights_and_pooling_changes_recompute_only_affected_stores(demo_run, tm
     _save_weights(weights, seed=2)
     assert job_counts(snakemake(work, "-n", config=cfg).stdout) == {
         "all": 1,
-        "embed": 1,
-        "fit": 2,
+        "embed": 2,
+        "fit": 4,
         "report": 1,
     }
     snakemake(work, config=cfg)
@@ -254,8 +262,8 @@ def test_weights_and_pooling_changes_recompute_only_affected_stores(demo_run, tm
     )
     assert job_counts(snakemake(work, "-n", config=cfg2).stdout) == {
         "all": 1,
-        "embed": 1,
-        "fit": 2,
+        "embed": 2,
+        "fit": 4,
         "report": 1,
     }
 
@@ -273,7 +281,7 @@ def test_demo_report_files_and_formats_agree(demo_run):
     out = work / "results/report"
     for name in [*REPORT_FILES, "index.html"]:
         assert (out / name).stat().st_size > 0, name
-    assert len(list((work / "results/tiles").glob("*.qc.png"))) == 6
+    assert len(list((work / "results/tiles").glob("*.qc.png"))) == 9
     summary = pd.read_csv(out / "summary.csv")
     md, tex, html = ((out / f).read_text() for f in ("summary.md", "summary.tex", "index.html"))
     for r in summary.itertuples():
@@ -285,7 +293,7 @@ def test_demo_report_files_and_formats_agree(demo_run):
     wide = pd.read_csv(out / "wide.csv", index_col="method")
     for r in summary.itertuples():
         assert wide.at[
-            f"{r.features} · {r.head} · {r.protocol}", "demo-spots_mean"
+            f"{r.features} · {r.head} · {r.protocol}", f"{r.task}_mean"
         ] == pytest.approx(r.pearson_mean, abs=1e-6)
     gains = pd.read_csv(out / "gains.csv")
     assert set(gains["features"]) == {"tiny-cnn+tiny-vit"}

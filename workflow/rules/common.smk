@@ -149,3 +149,48 @@ def task_bench_files(wildcards):
 
     folder = config["tasks"][wildcards.task].get("hest_bench")
     return bench_files(folder) if folder else []
+
+
+def tile_inputs(wildcards):
+    patches = patches_of(wildcards)
+    if patches:
+        return {"patches": ancient(patches)}
+    return {
+        "slide": ancient(slide_of(wildcards)),
+        "expression": ancient(expression_input(wildcards)),
+    }
+
+
+def tile_source(wildcards, input):
+    import shlex
+
+    if "patches" in input.keys():
+        return f"--patches {shlex.quote(input.patches)}"
+    return f"--slide {shlex.quote(input.slide)}"
+
+
+def demo_hest_bench_outputs():
+    from histofuse.demo import demo_hest_bench_ids
+
+    if not config["demo"]["hest_bench"]:
+        return []
+    folder = os.path.join(os.path.dirname(config["samples"]), "hest-bench")
+    ids = demo_hest_bench_ids(config["demo"]["patients"], config["demo"]["slides_per_patient"])
+    files = [os.path.join(folder, "patches", f"{s}.h5") for s in ids]
+    files += [os.path.join(folder, "adata", f"{s}.h5ad") for s in ids]
+    files += [
+        os.path.join(folder, "splits", f"{side}_{i}.csv")
+        for i in range(config["demo"]["patients"])
+        for side in ("train", "test")
+    ]
+    return files + [os.path.join(folder, f) for f in ("var_50genes.json", "mean_50genes.json")]
+
+
+def demo_hest_bench_flags():
+    if not config["demo"]["hest_bench"]:
+        return ""
+    t = config["tiling"]
+    return (
+        f"--hest-bench --hest-bench-px {round(t['patch_um'] / t['target_mpp'])}"
+        f" --hest-bench-mpp {t['target_mpp']}"
+    )

@@ -3,32 +3,6 @@
 # folder (hest-bench/ beside the sheet), its patches cut at the tiling's size and µm/px.
 if config["demo"]["enabled"]:
 
-    def demo_hest_bench_outputs():
-        from histofuse.demo import demo_hest_bench_ids
-
-        if not config["demo"]["hest_bench"]:
-            return []
-        folder = os.path.join(os.path.dirname(config["samples"]), "hest-bench")
-        ids = demo_hest_bench_ids(config["demo"]["patients"], config["demo"]["slides_per_patient"])
-        files = [os.path.join(folder, "patches", f"{s}.h5") for s in ids]
-        files += [os.path.join(folder, "adata", f"{s}.h5ad") for s in ids]
-        files += [
-            os.path.join(folder, "splits", f"{side}_{i}.csv")
-            for i in range(config["demo"]["patients"])
-            for side in ("train", "test")
-        ]
-        return files + [os.path.join(folder, f) for f in ("var_50genes.json", "mean_50genes.json")]
-
-    def demo_hest_bench_flags():
-        if not config["demo"]["hest_bench"]:
-            return ""
-        t = config["tiling"]
-        return (
-            f"--hest-bench --hest-bench-px {round(t['patch_um'] / t['target_mpp'])}"
-            f" --hest-bench-mpp {t['target_mpp']}"
-        )
-
-
     rule demo_cohort:
         output:
             sheet=config["samples"],

@@ -6,19 +6,6 @@
 # A HEST-Bench sample has pre-cut patches instead of a slide: its tiles table points at them.
 if config["tiling"]["jobs"] == "sample":
 
-    def tile_inputs(wildcards):
-        patches = patches_of(wildcards)
-        if patches:
-            return {"patches": ancient(patches)}
-        return {"slide": ancient(slide_of(wildcards)), "expression": ancient(expression_input(wildcards))}
-
-    def tile_source(wildcards, input):
-        import shlex
-
-        if "patches" in input.keys():
-            return f"--patches {shlex.quote(input.patches)}"
-        return f"--slide {shlex.quote(input.slide)}"
-
     rule tile:
         input:
             unpack(tile_inputs),

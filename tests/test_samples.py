@@ -110,3 +110,36 @@ def test_hest1k_folder_becomes_the_sample_table(small_cohort, tmp_path):
     (hest / "st" / f"{first}.h5ad").unlink()
     with pytest.raises(HistofuseError, match=f"{first}.tif has no st/{first}.h5ad"):
         load_samples(hest)
+
+
+def test_tasks_column_chooses_the_tasks_of_each_sample(tmp_path):
+    from pathlib import Path
+
+    import yaml
+
+    from histofuse.config import load_schema, validate_config
+    from histofuse.plan import Plan
+
+    header = "sample_id\tpatient_id\tslide\texpression\ttasks"
+    rows = [
+        "A\tP1\ts.tiff\ts.h5ad\tspots",
+        "B\tP2\ts.tiff\ts.h5ad\t",
+        "C\tP3\ts.tiff\ts.h5ad\tx; spots",
+    ]
+    rows.append("D\tP4\ts.tiff\t\tspots")  # no expression: in no spot task
+    sheet = _sheet(tmp_path, rows, header)
+    df = load_samples(sheet)
+    assert df["tasks"].tolist() == ["spots", "", "x,spots", "spots"]
+    repo = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((repo / "config/config.yaml").read_text())
+    cfg.update(samples=str(sheet), demo={"enabled": False})
+    cfg["tasks"] = {"spots": {}, "x": {}}
+    schema = load_schema(repo / "workflow/schemas/config.schema.yaml")
+    plan = Plan.from_config(validate_config(cfg, schema))
+    assert plan.task_samples("spots") == ["A", "B", "C"]
+    assert plan.task_samples("x") == ["B", "C"]  # B: empty cell, every task
+    cfg["tasks"] = {"spots": {}}
+    with pytest.raises(HistofuseError, match=r"sample C names task\(s\) \['x'\]"):
+        Plan.from_config(validate_config(cfg, schema))
+    with pytest.raises(HistofuseError, match="row 2: tasks 'a b' must be task names"):
+        load_samples(_sheet(tmp_path, ["A\tP1\ts.tiff\ts.h5ad\ta b"], header))

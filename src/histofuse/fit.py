@@ -105,7 +105,7 @@ def fit_task(
     from histofuse.evaluation.metrics import per_gene_metrics
     from histofuse.evaluation.splits import task_splits
     from histofuse.heads.probes import make_head
-    from histofuse.samples import load_samples
+    from histofuse.samples import joins_task, load_samples
 
     t0 = time.perf_counter()
     task = {**DEFAULT_TASK, **task}
@@ -115,7 +115,7 @@ def fit_task(
         sheet, task = resolve_bench_task(task_name, task)
     else:
         sheet = load_samples(samples_sheet)
-    names = task["samples"] or [s for s in sheet.index if sheet.at[s, "expression"]]
+    names = task["samples"] or [s for s in sheet.index if joins_task(sheet, s, task_name)]
     unknown = sorted(set(names) - set(sheet.index))
     if unknown:
         raise HistofuseError(f"task {task_name!r} names samples not in the sheet: {unknown}")

@@ -194,6 +194,16 @@ class Plan:
             feature_sets[feature_set_name(group)] = sorted(group)
         if not feature_sets:
             raise HistofuseError("config `feature_sets` defines no feature set")
+        if "tasks" in samples:
+            from histofuse.samples import parse_tasks
+
+            for sample, cell in samples["tasks"].items():
+                unknown = sorted(set(parse_tasks(cell)) - set(config["tasks"]))
+                if unknown:
+                    raise HistofuseError(
+                        f"sample sheet {sheet}: sample {sample} names task(s) {unknown} in its "
+                        f"`tasks` column, which are not in the config's `tasks`"
+                    )
         for task, spec in config["tasks"].items():
             unknown = sorted(set(spec.get("samples") or []) - set(ids))
             if unknown:
@@ -228,13 +238,14 @@ class Plan:
         chosen = spec.get("samples")
         if chosen:
             return list(chosen)
-        expr = self.samples.get("expression")
+        from histofuse.samples import joins_task
+
         bench = self.samples.get("patches")
         return [
             s
             for s in self.samples.index
-            if expr is not None
-            and str(expr[s] or "")
+            if "expression" in self.samples
+            and joins_task(self.samples, s, task)
             and (bench is None or not isinstance(bench[s], str) or not bench[s])
         ]
 

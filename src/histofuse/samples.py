@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -10,15 +11,15 @@ import pandas as pd
 from histofuse.errors import HistofuseError
 
 REQUIRED = ("sample_id", "patient_id", "slide")
-OPTIONAL = ("expression", "mpp")
+OPTIONAL = ("expression", "mpp", "tasks")
 
 
 def load_samples(path: str | Path, check_files: bool = True) -> pd.DataFrame:
     """Reads and validates a sample sheet (TSV), or builds it from a HEST-1k folder.
 
     Columns: ``sample_id``, ``patient_id``, ``slide`` (required), ``expression`` (``.h5ad``,
-    for spot tasks) and ``mpp`` (a µm/px override) (optional). Relative paths resolve against the
-    sheet's folder.
+    for spot tasks), ``mpp`` (a µm/px override) and ``tasks`` (task names separated by commas;
+    empty: every task) (optional). Relative paths resolve against the sheet's folder.
 
     Args:
         path: The sheet, or a HEST-1k style folder (see :func:`histofuse.hest.read_hest1k`).
@@ -100,4 +101,36 @@ def load_samples(path: str | Path, check_files: bool = True) -> pd.DataFrame:
     df["mpp_source"] = ["override" if v == v else "" for v in df["mpp"]]
     if "expression" not in df.columns:
         df["expression"] = ""
+    if "tasks" in df.columns:
+        df["tasks"] = [",".join(parse_tasks(v)) for v in df["tasks"]]
+        bad = df.index[[not all(_TASK.fullmatch(t) for t in parse_tasks(v)) for v in df["tasks"]]]
+        if len(bad):
+            raise HistofuseError(
+                f"sample sheet {path}, row {bad[0] + 2}: tasks {df.at[bad[0], 'tasks']!r} must be "
+                "task names (letters, digits, '.', '_', '-') separated by commas"
+            )
+    else:
+        df["tasks"] = ""
     return df.set_index("sample_id", drop=False)
+
+
+_TASK = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def parse_tasks(cell: object) -> list[str]:
+    """The task names of a sheet's ``tasks`` cell (comma- or semicolon-separated; may be empty)."""
+    if not isinstance(cell, str):
+        return []
+    return [t.strip() for t in re.split(r"[,;]", cell) if t.strip()]
+
+
+def joins_task(sheet: pd.DataFrame, sample: str, task: str) -> bool:
+    """Whether a sample with an expression file is in a task that does not list its samples.
+
+    A sample joins every such task unless the sheet's ``tasks`` cell names some, then only those.
+    """
+    expression = sheet.at[sample, "expression"]
+    if not isinstance(expression, str) or not expression:
+        return False
+    chosen = parse_tasks(sheet.at[sample, "tasks"]) if "tasks" in sheet else []
+    return not chosen or task in chosen

@@ -43,6 +43,7 @@ def test_relative_paths_resolve_against_the_sheet(tmp_path):
         ),
         (["A/B\tP1\ts.tiff\ts.h5ad\t"], None, "sample_id 'A/B' may only use"),
         (["A\t\ts.tiff\ts.h5ad\t"], None, "row 2: `patient_id` is empty"),
+        (["A\tP1\ts.tiff\ts.csv\t"], None, r"row 2 \(A\): `expression` = 's.csv' is invalid"),
     ],
 )
 def test_bad_sheets_name_the_problem(tmp_path, rows, header, message):
@@ -141,5 +142,7 @@ def test_tasks_column_chooses_the_tasks_of_each_sample(tmp_path):
     cfg["tasks"] = {"spots": {}}
     with pytest.raises(HistofuseError, match=r"sample C names task\(s\) \['x'\]"):
         Plan.from_config(validate_config(cfg, schema))
-    with pytest.raises(HistofuseError, match="row 2: tasks 'a b' must be task names"):
+    with pytest.raises(
+        HistofuseError, match=r"row 2 \(A\): `tasks` = 'a b' is invalid; expected task"
+    ):
         load_samples(_sheet(tmp_path, ["A\tP1\ts.tiff\ts.h5ad\ta b"], header))

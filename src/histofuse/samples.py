@@ -74,6 +74,15 @@ def load_samples(path: str | Path, check_files: bool = True) -> pd.DataFrame:
             f"sample sheet {path}: sample_id {bad_id.iloc[0]!r} may only use letters, digits, '.', "
             "'_' and '-'"
         )
+    if "mpp" in df.columns:
+        mpp = pd.to_numeric(df["mpp"].replace("", None), errors="coerce")
+        bad = df.index[(df["mpp"] != "") & ~(mpp > 0)]
+        if len(bad):
+            raise HistofuseError(
+                f"sample sheet {path}, row {bad[0] + 2}: mpp {df.at[bad[0], 'mpp']!r} must be a "
+                "positive number (µm per level-0 pixel) or empty"
+            )
+    _check_rows(df, path)
     base = str(path.resolve().parent)
     for col in ("slide", "expression"):
         if col not in df.columns:
@@ -88,13 +97,6 @@ def load_samples(path: str | Path, check_files: bool = True) -> pd.DataFrame:
                         f"{col} file {v} does not exist"
                     )
     if "mpp" in df.columns:
-        mpp = pd.to_numeric(df["mpp"].replace("", None), errors="coerce")
-        bad = df.index[(df["mpp"] != "") & ~(mpp > 0)]
-        if len(bad):
-            raise HistofuseError(
-                f"sample sheet {path}, row {bad[0] + 2}: mpp {df.at[bad[0], 'mpp']!r} must be a "
-                "positive number (µm per level-0 pixel) or empty"
-            )
         df["mpp"] = mpp
     else:
         df["mpp"] = float("nan")
@@ -103,18 +105,35 @@ def load_samples(path: str | Path, check_files: bool = True) -> pd.DataFrame:
         df["expression"] = ""
     if "tasks" in df.columns:
         df["tasks"] = [",".join(parse_tasks(v)) for v in df["tasks"]]
-        bad = df.index[[not all(_TASK.fullmatch(t) for t in parse_tasks(v)) for v in df["tasks"]]]
-        if len(bad):
-            raise HistofuseError(
-                f"sample sheet {path}, row {bad[0] + 2}: tasks {df.at[bad[0], 'tasks']!r} must be "
-                "task names (letters, digits, '.', '_', '-') separated by commas"
-            )
     else:
         df["tasks"] = ""
     return df.set_index("sample_id", drop=False)
 
 
-_TASK = re.compile(r"[A-Za-z0-9._-]+")
+def sheet_schema() -> dict:
+    """The JSON schema of one sample-sheet row (``histofuse/schemas/samples.schema.yaml``)."""
+    from importlib.resources import files
+
+    import yaml
+
+    return yaml.safe_load(files("histofuse").joinpath("schemas/samples.schema.yaml").read_text())
+
+
+def _check_rows(df: pd.DataFrame, path: Path) -> None:
+    """Validates every row against :func:`sheet_schema`; the error names the row and column."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(sheet_schema())
+    for i, row in zip(df.index, df.to_dict("records"), strict=True):
+        err = next(iter(sorted(validator.iter_errors(row), key=lambda e: list(e.path))), None)
+        if err is None:
+            continue
+        col = err.path[0] if err.path else ""
+        desc = validator.schema["properties"].get(col, {}).get("description", err.message)
+        raise HistofuseError(
+            f"sample sheet {path}, row {i + 2} ({row.get('sample_id', '')}): `{col}` = "
+            f"{row.get(col)!r} is invalid; expected {desc}"
+        )
 
 
 def parse_tasks(cell: object) -> list[str]:

@@ -296,3 +296,21 @@ def test_spot_patches_with_too_little_tissue_are_dropped_and_counted(small_cohor
     stats = json.loads((tmp_path / "s.json").read_text())
     assert stats["n_dropped_tissue"] == meta["n_dropped_tissue"]
     assert stats["n_tiles"] == len(kept) and stats["min_tissue"] == 0.5
+
+
+def test_qc_picture_draws_the_tissue_contour_and_every_tile(small_cohort, tmp_path):
+    from histofuse.slides.tiling import tile_sample, write_qc
+
+    sheet = load_samples(small_cohort)
+    spec = TilingSpec(mode="grid", patch_um=64.0, target_mpp=1.0, min_tissue=0.5)
+    table, meta, mask = tile_sample(sheet["slide"].iloc[0], spec)
+    write_qc(table, meta, mask, tmp_path / "qc.png")
+    rgb = np.asarray(Image.open(tmp_path / "qc.png").convert("RGB")).astype(int)
+    blue = np.abs(rgb - (30, 90, 230)).sum(-1) < 10
+    green = np.abs(rgb - (20, 200, 60)).sum(-1) < 10
+    assert green.sum() > 100  # the tissue contour
+    # each tile's outline is drawn where the tile lies (the top-left corner of every box)
+    f = rgb.shape[1] / mask.mask.shape[1] / mask.downsample
+    for x0, y0, s0 in table[["x0", "y0", "size0"]].to_numpy():
+        xs, ys, xe = (int(v) for v in np.rint([x0 * f, y0 * f, (x0 + s0) * f - 1]))
+        assert blue[ys, xs:xe].mean() > 0.5 or green[ys, xs:xe].any()

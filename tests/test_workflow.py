@@ -190,8 +190,10 @@ def test_added_slides_schedule_only_new_shards(demo_run, tmp_path):
     cfg = write_config(tmp_path / "c.yaml", **{"demo.patients": 4})
     proc = snakemake(work, "-n", config=cfg)
     counts = job_counts(proc.stdout)
-    assert counts == {"all": 1, "demo_cohort": 1, "tile": 2, "embed": 2, "fit": 13, "report": 1}
-    assert "results/features/tiny-vit/0001.zarr" in proc.stdout
+    # P4-S1, P4-S2 and the HEST-Bench P4-S1: new shards 0002 (sheet) and 0003 (HEST-Bench)
+    assert counts == {"all": 1, "demo_cohort": 1, "tile": 3, "embed": 4, "fit": 16, "report": 1}
+    assert "results/features/tiny-vit/0002.zarr" in proc.stdout
+    assert "results/features/tiny-vit/0003.zarr" in proc.stdout
 
 
 @pytest.mark.slow

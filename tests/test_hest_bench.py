@@ -215,7 +215,36 @@ def test_plan_adds_a_hest_bench_folder_as_its_own_samples_and_shard(demo_bench, 
         Plan.from_config(_bench_config(demo_bench, samples=["P1-S1"]))
     with pytest.raises(HistofuseError, match=r"tasks.demo-bench.heads` names \['ridge'\]"):
         Plan.from_config(_bench_config(demo_bench, heads=["ridge"]))
-    cfg = _bench_config(demo_bench)
-    cfg["tiling"]["jobs"] = "shard"
-    with pytest.raises(HistofuseError, match="needs `tiling.jobs: sample`"):
-        Plan.from_config(cfg)
+
+
+def test_shard_tiling_cuts_sheet_slides_and_hest_bench_patches_in_one_job(
+    demo_bench, small_cohort, tmp_path
+):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "histofuse"
+    out = tmp_path / "shard"
+    r = subprocess.run(
+        [str(exe), "tile", "--sheet", str(small_cohort), "--sample", "P1-S1", "--sample",
+         "T.P2-S1", "--hest-bench", f"T={demo_bench}", "--patch-um", "56", "--target-mpp", "1",
+         "--out-dir", str(out)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        f"{s}.{ext}" for s in ("P1-S1", "T.P2-S1") for ext in ("json", "parquet", "qc.png")
+    ]
+    patch_table, patch_meta = read_tiles(out / "T.P2-S1.parquet")
+    slide_table, slide_meta = read_tiles(out / "P1-S1.parquet")
+    assert len(patch_table) > 0 and len(slide_table) > 0
+    assert slide_meta["mpp_source"] == "override" and "source" not in slide_meta  # sheet mpp
+    assert patch_meta["source"] == "h5" and patch_meta["patches"].endswith("P2-S1.h5")
+    r = subprocess.run(
+        [str(exe), "tile", "--sheet", str(small_cohort), "--sample", "T.P2-S1",
+         "--hest-bench", "T", "--out-dir", str(out)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 2 and "--hest-bench 'T' must be TASK=FOLDER" in r.stderr

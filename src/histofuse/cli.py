@@ -43,6 +43,33 @@ def _beside(tiles: Path, suffix: str) -> Path:
     return tiles.with_name(tiles.name.removesuffix(".parquet") + suffix)
 
 
+def _hest_bench_samples(specs: list[str]) -> dict[str, str]:
+    """``TASK=FOLDER`` options → the HEST-Bench samples' ids and patches files."""
+    from histofuse.hest_bench import bench_samples
+
+    out: dict[str, str] = {}
+    for spec in specs:
+        task, sep, folder = spec.partition("=")
+        if not sep or not task or not folder:
+            raise HistofuseError(f"tile --hest-bench {spec!r} must be TASK=FOLDER")
+        out.update(bench_samples(task, folder)["patches"].to_dict())
+    return out
+
+
+def _tile_patches(args: argparse.Namespace, sample: str, patches: str, out: Path) -> None:
+    """Tiles a pre-cut patches file (HEST ``patches/*.h5``): tiles table, QC sheet, stats."""
+    from histofuse.slides.patches import patch_tiles, write_patch_qc
+    from histofuse.slides.tiling import write_stats, write_tiles
+
+    table, meta = patch_tiles(patches, args.patch_um, args.target_mpp)
+    meta["sample"] = sample
+    one = out.name == Path(args.out or "").name  # --qc/--stats name one sample's files
+    write_tiles(table, meta, out)
+    write_patch_qc(table, meta, Path(args.qc) if args.qc and one else _beside(out, ".qc.png"))
+    write_stats(meta, Path(args.stats) if args.stats and one else _beside(out, ".json"))
+    logging.info("%s: %d pre-cut patches from %s", sample, len(table), patches)
+
+
 def _tile(args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -65,24 +92,22 @@ def _tile(args: argparse.Namespace) -> None:
         tissue=tissue,
     )
     if args.patches:
-        from histofuse.slides.patches import patch_tiles, write_patch_qc
-
-        table, meta = patch_tiles(args.patches, args.patch_um, args.target_mpp)
-        meta["sample"] = args.sample[0]
-        out = Path(args.out)
-        write_tiles(table, meta, out)
-        write_patch_qc(table, meta, Path(args.qc) if args.qc else _beside(out, ".qc.png"))
-        write_stats(meta, Path(args.stats) if args.stats else _beside(out, ".json"))
-        logging.info("%s: %d pre-cut patches from %s", meta["sample"], len(table), args.patches)
+        if len(args.sample) != 1 or not args.out:
+            raise HistofuseError("tile --patches needs one --sample and --out")
+        _tile_patches(args, args.sample[0], args.patches, Path(args.out))
         return
     if args.sheet:
         if not args.out_dir:
             raise HistofuseError("tile --sheet needs --out-dir")
         # With --keep-going a missing file fails only its own sample, not the whole sheet.
         sheet = load_samples(args.sheet, check_files=not args.keep_going)
-        unknown = sorted(set(args.sample) - set(sheet.index))
+        bench = _hest_bench_samples(args.hest_bench or [])
+        unknown = sorted(set(args.sample) - set(sheet.index) - set(bench))
         if unknown:
             raise HistofuseError(f"samples {unknown} are not in sheet {args.sheet}")
+        for s in [s for s in args.sample if s in bench]:  # pre-cut patches, no slide
+            _tile_patches(args, s, bench[s], Path(args.out_dir) / f"{s}.parquet")
+        args.sample = [s for s in args.sample if s not in bench]
         jobs = [
             (
                 s,
@@ -259,6 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stats", help="counts/timings JSON (default: beside --out, .json)")
     s.add_argument("--keep-going", action="store_true", help="tile the other samples on error")
     s.add_argument("--patches", help="pre-cut patches .h5 (HEST) used instead of a slide")
+    s.add_argument(
+        "--hest-bench",
+        action="append",
+        metavar="TASK=FOLDER",
+        help="with --sheet: also tile the pre-cut patches of this HEST-Bench task's samples",
+    )
     s.set_defaults(func=_tile)
 
     s = sub.add_parser("embed", help="embed the tiles of a shard with one encoder")

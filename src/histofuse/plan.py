@@ -46,8 +46,8 @@ def hest_bench_samples(config: dict[str, Any], taken: set[str]) -> pd.DataFrame:
     settings; any other folder must exist.
 
     Raises:
-        HistofuseError: If a folder is missing or malformed, a task also sets ``samples``, a
-            name collides with a sheet sample, or tiling runs per shard.
+        HistofuseError: If a folder is missing or malformed, a task also sets ``samples``, or a
+            name collides with a sheet sample.
     """
     from histofuse.hest_bench import bench_samples, planned_bench_samples
 
@@ -61,11 +61,6 @@ def hest_bench_samples(config: dict[str, Any], taken: set[str]) -> pd.DataFrame:
             raise HistofuseError(
                 f"config `tasks.{task}`: `samples` and `hest_bench` exclude each other; the "
                 "HEST-Bench folder's split files list the samples"
-            )
-        if config["tiling"]["jobs"] != "sample":
-            raise HistofuseError(
-                f"config `tasks.{task}.hest_bench` needs `tiling.jobs: sample`; per-shard tile "
-                "jobs read only the sample sheet"
             )
         planned = Path(config["samples"]).parent / "hest-bench"
         if demo["enabled"] and demo.get("hest_bench") and Path(folder) == planned:

@@ -194,3 +194,12 @@ def demo_hest_bench_flags():
         f"--hest-bench --hest-bench-px {round(t['patch_um'] / t['target_mpp'])}"
         f" --hest-bench-mpp {t['target_mpp']}"
     )
+
+
+def shard_hest_bench_flags(wildcards):
+    members = set(PLAN.shards[wildcards.shard])
+    return " ".join(
+        f"--hest-bench {task}={spec['hest_bench']}"
+        for task, spec in config["tasks"].items()
+        if spec.get("hest_bench") and members & set(PLAN.task_samples(task))
+    )

@@ -44,6 +44,7 @@ else:
             directory("results/tiles/shards/{shard}"),
         params:
             samples=shard_sample_flags,
+            hest_bench=shard_hest_bench_flags,
             tiling=tiling_flags,
             patch_um=config["tiling"]["patch_um"],
             target_mpp=config["tiling"]["target_mpp"],
@@ -54,6 +55,7 @@ else:
         conda:
             "../../envs/histofuse.yaml"
         shell:
-            "histofuse tile --sheet {input.sheet:q} {params.samples} {params.tiling}"
+            "histofuse tile --sheet {input.sheet:q} {params.samples} {params.hest_bench}"
+            " {params.tiling}"
             " --patch-um {params.patch_um} --target-mpp {params.target_mpp}"
             " --out-dir {output:q} > {log:q} 2>&1"

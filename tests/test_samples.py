@@ -90,6 +90,20 @@ def test_hest1k_folder_becomes_the_sample_table(small_cohort, tmp_path):
         row["slide"], spec, row["expression"], row["mpp"], mpp_source=row["mpp_source"]
     )
     assert meta["mpp_source"] == "hest-metadata" and len(tiles) > 0
+    # the tile command of a HEST-1k folder records the same source
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "histofuse"
+    r = subprocess.run(
+        [str(exe), "tile", "--sheet", str(hest), "--sample", first, "--patch-um", "56",
+         "--target-mpp", "1", "--out-dir", str(tmp_path / "tiles")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    stats = json.loads((tmp_path / "tiles" / f"{first}.json").read_text())
+    assert stats["mpp_source"] == "hest-metadata" and stats["n_tiles"] == len(tiles)
     # the HEST estimate wins over the slide header: a wrong estimate changes the patch size
     (hest / "metadata" / f"{first}.json").write_text(json.dumps({"pixel_size_um_estimated": 0.25}))
     row = load_samples(hest).loc[first]

@@ -164,6 +164,7 @@ def test_hest_bench_task_embeds_the_patches_and_fits_on_the_official_splits(demo
         tiles.append(out)
         stats = json.loads(out.with_suffix(".json").read_text())
         assert stats["mpp_source"] == "pre-cut patches" and stats["effective_mpp"] == 1.0
+        assert stats["patches"] == row["patches"] and stats["stored_px"] == 56
         with Image.open(out.with_suffix(".qc.png")) as qc:
             assert np.asarray(qc.convert("L")).std() > 5  # patches drawn, not a blank sheet
     embed_shard(tiles, "tiny-cnn", tmp_path / "s.zarr")

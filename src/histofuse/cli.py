@@ -66,7 +66,8 @@ def _tile_patches(args: argparse.Namespace, sample: str, patches: str, out: Path
     one = out.name == Path(args.out or "").name  # --qc/--stats name one sample's files
     write_tiles(table, meta, out)
     write_patch_qc(table, meta, Path(args.qc) if args.qc and one else _beside(out, ".qc.png"))
-    write_stats(meta, Path(args.stats) if args.stats and one else _beside(out, ".json"))
+    stats = Path(args.stats) if args.stats and one else _beside(out, ".json")
+    write_stats(meta, stats, patches=meta["patches"], stored_px=meta["stored_px"])
     logging.info("%s: %d pre-cut patches from %s", sample, len(table), patches)
 
 

@@ -42,28 +42,41 @@ def _direct(cohort: Path, work: Path, cfg: dict) -> dict[str, float]:
         table, meta = tile_spots(row["slide"], row["expression"], spec)
         tiles.append(work / "tiles" / f"{sample}.parquet")
         write_tiles(table, meta, tiles[-1])
+    bench_tiles = _tile_hest_bench(work, cfg)
     times["tile"] = time.perf_counter() - t
     t = time.perf_counter()
-    stores = {}
+    stores, bench_stores = {}, {}
     for enc in cfg["encoders"]:
         stores[enc] = work / "features" / enc / "0000.zarr"
         embed_shard(tiles, enc, stores[enc], batch_size=cfg["embed"]["batch_size"], device="cpu")
+        if bench_tiles:  # the HEST-Bench task's patches: a shard of their own, as in the pipeline
+            bench_stores[enc] = work / "features" / enc / "0001.zarr"
+            embed_shard(
+                bench_tiles,
+                enc,
+                bench_stores[enc],
+                batch_size=cfg["embed"]["batch_size"],
+                device="cpu",
+            )
     times["embed"] = time.perf_counter() - t
     t = time.perf_counter()
     sets = [[e] for e in cfg["encoders"]] + cfg["feature_sets"]["concat"]
     metrics = []
     for task_name, task in cfg["tasks"].items():
+        task_stores = bench_stores if task.get("hest_bench") else stores
         for encs in sets:
             name = feature_set_name(encs)
             for head, params in cfg["heads"].items():
                 if head in FUSION_HEADS and len(encs) == 1:
                     continue  # as the workflow: fusion heads run on concat groups only
+                if head not in (task.get("heads") or cfg["heads"]):
+                    continue  # as the workflow: a task may name its heads
                 metrics.append(work / "metrics" / task_name / name / f"{head}.parquet")
                 fit_task(
                     task_name,
-                    task,
+                    {k: cohort.parents[1] / v if k == "hest_bench" else v for k, v in task.items()},
                     cohort / "samples.tsv",
-                    [stores[e] for e in encs],
+                    [task_stores[e] for e in encs],
                     name,
                     head,
                     params or {},
@@ -75,6 +88,26 @@ def _direct(cohort: Path, work: Path, cfg: dict) -> dict[str, float]:
     build_report(metrics, work / "report")
     times["report"] = time.perf_counter() - t
     return times
+
+
+def _tile_hest_bench(work: Path, cfg: dict) -> list[Path]:
+    """Tiles the pre-cut patches of the config's HEST-Bench tasks (the demo's folder)."""
+    from histofuse.hest_bench import bench_samples
+    from histofuse.slides.patches import patch_tiles
+    from histofuse.slides.tiling import write_tiles
+
+    tiles = []
+    for name, task in cfg["tasks"].items():
+        if not task.get("hest_bench"):
+            continue
+        folder = work.parent / "pipeline" / task["hest_bench"]
+        for sample, row in bench_samples(name, folder).iterrows():
+            table, meta = patch_tiles(
+                row["patches"], cfg["tiling"]["patch_um"], cfg["tiling"]["target_mpp"]
+            )
+            tiles.append(work / "tiles" / f"{sample}.parquet")
+            write_tiles(table, {**meta, "sample": sample}, tiles[-1])
+    return tiles
 
 
 def _stage_seconds(work: Path) -> dict[str, float]:
@@ -125,6 +158,15 @@ def run(tmp: Path) -> dict:
         slides_per_patient=d["slides_per_patient"],
         n_genes=d["genes"],
     )
+    if d.get("hest_bench"):
+        from histofuse.demo import write_demo_hest_bench
+
+        t_cfg = cfg["tiling"]
+        write_demo_hest_bench(
+            cohort,
+            patch_px=round(t_cfg["patch_um"] / t_cfg["target_mpp"]),
+            patch_mpp=t_cfg["target_mpp"],
+        )
     generate = time.perf_counter() - t
 
     os.environ.setdefault("OMP_NUM_THREADS", str(cfg["embed"]["threads"]))

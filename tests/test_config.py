@@ -65,8 +65,11 @@ def test_plan_rejects_unknown_encoder_and_stray_sets():
 
 def test_plan_of_the_demo():
     plan = Plan.from_config(validate_config(demo_config(), SCHEMA))
-    assert len(plan.samples) == 6 and plan.samples["patient_id"].nunique() == 3
-    assert plan.shards == {"0000": list(plan.samples.index)}
+    sheet = plan.task_samples("demo-spots")
+    bench = plan.task_samples("demo-bench")  # the HEST-Bench task: P*-S1 as pre-cut patches
+    assert len(sheet) == 6 and plan.samples.loc[sheet, "patient_id"].nunique() == 3
+    assert bench == ["demo-bench.P1-S1", "demo-bench.P2-S1", "demo-bench.P3-S1"]
+    assert plan.shards == {"0000": sheet, "0001": bench}
     assert plan.feature_sets == {
         "tiny-vit": ["tiny-vit"],
         "tiny-cnn": ["tiny-cnn"],
@@ -77,6 +80,7 @@ def test_plan_of_the_demo():
 
 def test_shards_are_sheet_order_blocks():
     cfg = demo_config()
+    cfg["tasks"].pop("demo-bench")
     cfg["embed"]["shard_size"] = 4
     plan = Plan.from_config(validate_config(cfg, SCHEMA))
     ids = list(plan.samples.index)
@@ -119,7 +123,9 @@ def test_shard_assignment_is_append_only(tmp_path):
 
 
 def test_plan_saves_and_reuses_its_registry(tmp_path):
-    cfg = validate_config(demo_config(), SCHEMA)
+    cfg = demo_config()
+    cfg["tasks"].pop("demo-bench")
+    cfg = validate_config(cfg, SCHEMA)
     cfg["embed"]["shard_size"] = 4
     registry = tmp_path / "shards.tsv"
     plan = Plan.from_config(cfg, registry)

@@ -253,3 +253,64 @@ def test_duplicate_sample_id_names_the_rows(small_cohort, tmp_path):
     r = _cli("tile", "--sheet", str(tsv), "--sample", "a", "--out-dir", str(tmp_path / "o"))
     assert r.returncode == 2
     assert r.stderr.strip().endswith("duplicate sample_id 'a' (rows 2, 4)")
+
+
+def test_spot_patches_with_too_little_tissue_are_dropped_and_counted(small_cohort, tmp_path):
+    import anndata
+
+    from histofuse.slides.tiling import tile_sample
+
+    sheet = load_samples(small_cohort)
+    slide, expr = sheet["slide"].iloc[0], sheet["expression"].iloc[0]
+    adata = anndata.read_h5ad(expr)
+    n_on = adata.n_obs
+    # add spots on the glass: the slide's corner pixels are background in the tissue mask
+    glass = np.array([[20.0, 20.0], [40.0, 20.0]])
+    extra = anndata.AnnData(
+        X=adata.X[:2], obs=adata.obs.iloc[:2].set_axis(["GLASS-1", "GLASS-2"]), var=adata.var
+    )
+    extra.obsm["spatial"] = glass
+    moved = tmp_path / "with_glass.h5ad"
+    anndata.concat([adata, extra], merge="same").write_h5ad(moved)
+
+    # default: every spot of the expression file is kept, as HEST does, with its tissue fraction
+    table, meta, _ = tile_sample(slide, TilingSpec(patch_um=56.0, target_mpp=1.0), moved)
+    assert len(table) == n_on + 2 and meta["n_dropped_tissue"] == 0 and meta["min_tissue"] == 0
+    glass_rows = table[table["barcode"].str.startswith("GLASS")]
+    assert (glass_rows["tissue"] < 0.5).all()
+    # a threshold drops the patches with less tissue, counted in the metadata and the stats JSON
+    spec = TilingSpec(patch_um=56.0, target_mpp=1.0, spot_min_tissue=0.5)
+    kept, meta, _ = tile_sample(slide, spec, moved)
+    expected = table[table["tissue"] >= 0.5]
+    assert kept["barcode"].tolist() == expected["barcode"].tolist()
+    assert not kept["barcode"].str.startswith("GLASS").any()
+    assert meta["n_candidates"] == n_on + 2
+    assert meta["n_dropped_tissue"] == len(table) - len(expected) >= 2
+    assert meta["tiling"]["spot_min_tissue"] == 0.5
+    r = _cli(
+        "tile", "--sample", "s", "--slide", slide, "--expression", str(moved),
+        "--patch-um", "56", "--target-mpp", "1", "--spot-min-tissue", "0.5",
+        "--out", str(tmp_path / "s.parquet"),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert stats["n_dropped_tissue"] == meta["n_dropped_tissue"]
+    assert stats["n_tiles"] == len(kept) and stats["min_tissue"] == 0.5
+
+
+def test_qc_picture_draws_the_tissue_contour_and_every_tile(small_cohort, tmp_path):
+    from histofuse.slides.tiling import tile_sample, write_qc
+
+    sheet = load_samples(small_cohort)
+    spec = TilingSpec(mode="grid", patch_um=64.0, target_mpp=1.0, min_tissue=0.5)
+    table, meta, mask = tile_sample(sheet["slide"].iloc[0], spec)
+    write_qc(table, meta, mask, tmp_path / "qc.png")
+    rgb = np.asarray(Image.open(tmp_path / "qc.png").convert("RGB")).astype(int)
+    blue = np.abs(rgb - (30, 90, 230)).sum(-1) < 10
+    green = np.abs(rgb - (20, 200, 60)).sum(-1) < 10
+    assert green.sum() > 100  # the tissue contour
+    # each tile's outline is drawn where the tile lies (the top-left corner of every box)
+    f = rgb.shape[1] / mask.mask.shape[1] / mask.downsample
+    for x0, y0, s0 in table[["x0", "y0", "size0"]].to_numpy():
+        xs, ys, xe = (int(v) for v in np.rint([x0 * f, y0 * f, (x0 + s0) * f - 1]))
+        assert blue[ys, xs:xe].mean() > 0.5 or green[ys, xs:xe].any()

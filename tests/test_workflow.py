@@ -68,16 +68,17 @@ def test_lint_is_clean():
 def test_dry_run_plans_the_demo(tmp_path):
     proc = snakemake(tmp_path, "-n")
     counts = job_counts(proc.stdout)
-    # fit: hest and linear on 3 feature sets + 7 fusion heads on the concatenation only
+    # fit: hest and linear on 3 feature sets + 7 fusion heads on the concatenation only, and
+    # the HEST-Bench task's probe on 3 feature sets; its 3 samples are a second embed shard
     # bulk_fit: mean and ABMIL slide heads on the 3 feature sets
     assert counts == {
         "all": 1,
         "bulk_fit": 6,
         "demo_cohort": 1,
-        "embed": 2,
-        "fit": 13,
+        "embed": 4,
+        "fit": 16,
         "report": 1,
-        "tile": 6,
+        "tile": 9,
     }
     assert not (tmp_path / "results").exists()
 
@@ -137,7 +138,13 @@ def test_demo_end_to_end_report(demo_run):
     assert set(summary[summary["features"] == "tiny-vit"]["head"]) == {"hest", "linear"}
     assert set(summary["protocol"]) == {"hest-pooled", "per-sample"}
     summary = summary[summary["protocol"] == "hest-pooled"]
-    assert (summary["task"] == "demo-spots").all()
+    assert set(summary["task"]) == {"demo-spots", "demo-bench"}
+    # the HEST-Bench task: its probe on every feature set, over the folder's three official splits
+    bench = summary[summary["task"] == "demo-bench"]
+    assert set(bench["head"]) == {"hest"} and len(bench) == 3
+    for sid in ("P1-S1", "P2-S1", "P3-S1"):
+        stats = json.loads((work / f"results/tiles/demo-bench.{sid}.json").read_text())
+        assert stats["mpp_source"] == "pre-cut patches" and stats["n_tiles"] > 0
     assert summary["pearson_mean"].between(0.05, 1).all()  # finite and informative
     assert summary["pearson_std"].ge(0).all()
     assert (summary["n_folds"] == 3).all() and (summary["n_genes"] == 50).all()
@@ -175,7 +182,7 @@ def test_head_change_reruns_only_heads(demo_run, tmp_path):
     work = demo_run[0]
     cfg = write_config(tmp_path / "c.yaml", **{"heads.hest": {"n_components": 32}})
     counts = job_counts(snakemake(work, "-n", config=cfg).stdout)
-    assert counts == {"all": 1, "fit": 3, "report": 1}
+    assert counts == {"all": 1, "fit": 6, "report": 1}  # 3 feature sets × 2 tasks
 
 
 @pytest.mark.slow
@@ -183,16 +190,17 @@ def test_new_encoder_schedules_only_its_jobs(demo_run, tmp_path):
     work = demo_run[0]
     cfg = write_config(tmp_path / "c.yaml", encoders=["tiny-vit", "tiny-cnn", "tiny-vit-mean"])
     counts = job_counts(snakemake(work, "-n", config=cfg).stdout)
-    # hest and linear; mean and ABMIL slide heads
-    assert counts == {"all": 1, "embed": 1, "fit": 2, "bulk_fit": 2, "report": 1}
+    # its two shards; hest and linear on the sheet's task, hest on the HEST-Bench task;
+    # mean and ABMIL slide heads
+    assert counts == {"all": 1, "embed": 2, "fit": 3, "bulk_fit": 2, "report": 1}
 
 
 @pytest.mark.slow
 def test_shard_registry_is_recorded(demo_run):
     registry = (demo_run[0] / "results/shards.tsv").read_text().splitlines()
     assert registry[0] == "sample_id\tshard"
-    assert {line.split("\t")[1] for line in registry[1:]} == {"0000"}
-    assert len(registry) == 1 + 6
+    assert {line.split("\t")[1] for line in registry[1:]} == {"0000", "0001"}
+    assert len(registry) == 1 + 6 + 3  # the sheet's slides, then the HEST-Bench samples
 
 
 @pytest.mark.slow
@@ -203,10 +211,12 @@ def test_added_slides_schedule_only_new_shards(demo_run, tmp_path):
     cfg = write_config(tmp_path / "c.yaml", **{"demo.patients": 4})
     proc = snakemake(work, "-n", config=cfg)
     counts = job_counts(proc.stdout)
+    # P4-S1, P4-S2 and the HEST-Bench P4-S1: new shards 0002 (sheet) and 0003 (HEST-Bench)
     assert counts == {
-        "all": 1, "demo_cohort": 1, "tile": 2, "embed": 2, "fit": 13, "bulk_fit": 6, "report": 1
+        "all": 1, "demo_cohort": 1, "tile": 3, "embed": 4, "fit": 16, "bulk_fit": 6, "report": 1
     }  # fmt: skip
-    assert "results/features/tiny-vit/0001.zarr" in proc.stdout
+    assert "results/features/tiny-vit/0002.zarr" in proc.stdout
+    assert "results/features/tiny-vit/0003.zarr" in proc.stdout
 
 
 @pytest.mark.slow
@@ -245,11 +255,11 @@ def test_weights_and_pooling_changes_recompute_only_affected_stores(demo_run, tm
     cfg = write_config(
         tmp_path / "c.yaml", weights={"tiny-cnn": str(weights)}, heads={"hest": {}}, bulk={}
     )
-    # new weights: only tiny-cnn's store and the heads reading it
+    # new weights: only tiny-cnn's stores (both shards) and the heads reading them
     assert job_counts(snakemake(work, "-n", config=cfg).stdout) == {
         "all": 1,
-        "embed": 1,
-        "fit": 2,
+        "embed": 2,
+        "fit": 4,
         "report": 1,
     }
     snakemake(work, config=cfg)
@@ -262,8 +272,8 @@ def test_weights_and_pooling_changes_recompute_only_affected_stores(demo_run, tm
     _save_weights(weights, seed=2)
     assert job_counts(snakemake(work, "-n", config=cfg).stdout) == {
         "all": 1,
-        "embed": 1,
-        "fit": 2,
+        "embed": 2,
+        "fit": 4,
         "report": 1,
     }
     snakemake(work, config=cfg)
@@ -280,8 +290,8 @@ def test_weights_and_pooling_changes_recompute_only_affected_stores(demo_run, tm
     )
     assert job_counts(snakemake(work, "-n", config=cfg2).stdout) == {
         "all": 1,
-        "embed": 1,
-        "fit": 2,
+        "embed": 2,
+        "fit": 4,
         "report": 1,
     }
 
@@ -299,7 +309,7 @@ def test_demo_report_files_and_formats_agree(demo_run):
     out = work / "results/report"
     for name in [*REPORT_FILES, "index.html"]:
         assert (out / name).stat().st_size > 0, name
-    assert len(list((work / "results/tiles").glob("*.qc.png"))) == 6
+    assert len(list((work / "results/tiles").glob("*.qc.png"))) == 9
     summary = pd.read_csv(out / "summary.csv")
     md, tex, html = ((out / f).read_text() for f in ("summary.md", "summary.tex", "index.html"))
     for r in summary.itertuples():

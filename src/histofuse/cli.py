@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from histofuse import __version__
 from histofuse.errors import HistofuseError
@@ -28,6 +29,46 @@ def _demo_cohort(args: argparse.Namespace) -> None:
         n_genes=args.genes,
     )
     print(sheet)
+    if args.hest_bench:
+        from histofuse.demo import write_demo_hest_bench
+
+        folder = write_demo_hest_bench(
+            sheet.parent, patch_px=args.hest_bench_px, patch_mpp=args.hest_bench_mpp
+        )
+        print(folder)
+
+
+def _beside(tiles: Path, suffix: str) -> Path:
+    """``{sample}.parquet`` → ``{sample}{suffix}``; sample ids may hold dots (``task.id``)."""
+    return tiles.with_name(tiles.name.removesuffix(".parquet") + suffix)
+
+
+def _hest_bench_samples(specs: list[str]) -> dict[str, str]:
+    """``TASK=FOLDER`` options → the HEST-Bench samples' ids and patches files."""
+    from histofuse.hest_bench import bench_samples
+
+    out: dict[str, str] = {}
+    for spec in specs:
+        task, sep, folder = spec.partition("=")
+        if not sep or not task or not folder:
+            raise HistofuseError(f"tile --hest-bench {spec!r} must be TASK=FOLDER")
+        out.update(bench_samples(task, folder)["patches"].to_dict())
+    return out
+
+
+def _tile_patches(args: argparse.Namespace, sample: str, patches: str, out: Path) -> None:
+    """Tiles a pre-cut patches file (HEST ``patches/*.h5``): tiles table, QC sheet, stats."""
+    from histofuse.slides.patches import patch_tiles, write_patch_qc
+    from histofuse.slides.tiling import write_stats, write_tiles
+
+    table, meta = patch_tiles(patches, args.patch_um, args.target_mpp)
+    meta["sample"] = sample
+    one = out.name == Path(args.out or "").name  # --qc/--stats name one sample's files
+    write_tiles(table, meta, out)
+    write_patch_qc(table, meta, Path(args.qc) if args.qc and one else _beside(out, ".qc.png"))
+    stats = Path(args.stats) if args.stats and one else _beside(out, ".json")
+    write_stats(meta, stats, patches=meta["patches"], stored_px=meta["stored_px"])
+    logging.info("%s: %d pre-cut patches from %s", sample, len(table), patches)
 
 
 def _tile(args: argparse.Namespace) -> None:
@@ -48,15 +89,13 @@ def _tile(args: argparse.Namespace) -> None:
         target_mpp=args.target_mpp,
         stride_um=args.stride_um,
         min_tissue=args.min_tissue,
+        spot_min_tissue=args.spot_min_tissue,
         tissue=tissue,
     )
     if args.patches:
-        from histofuse.slides.patches import patch_tiles
-
-        table, meta = patch_tiles(args.patches, args.patch_um, args.target_mpp)
-        meta["sample"] = args.sample[0]
-        write_tiles(table, meta, Path(args.out))
-        write_stats(meta, Path(args.stats) if args.stats else Path(args.out).with_suffix(".json"))
+        if len(args.sample) != 1 or not args.out:
+            raise HistofuseError("tile --patches needs one --sample and --out")
+        _tile_patches(args, args.sample[0], args.patches, Path(args.out))
         return
     if args.sheet:
         if not args.out_dir:
@@ -65,15 +104,20 @@ def _tile(args: argparse.Namespace) -> None:
         sheet = load_samples(
             args.sheet, check_files=not (args.keep_going or args.on_error == "record")
         )
-        unknown = sorted(set(args.sample) - set(sheet.index))
+        bench = _hest_bench_samples(args.hest_bench or [])
+        unknown = sorted(set(args.sample) - set(sheet.index) - set(bench))
         if unknown:
             raise HistofuseError(f"samples {unknown} are not in sheet {args.sheet}")
+        for s in [s for s in args.sample if s in bench]:  # pre-cut patches, no slide
+            _tile_patches(args, s, bench[s], Path(args.out_dir) / f"{s}.parquet")
+        args.sample = [s for s in args.sample if s not in bench]
         jobs = [
             (
                 s,
                 sheet.at[s, "slide"],
                 sheet.at[s, "expression"],
                 None if sheet.at[s, "mpp"] != sheet.at[s, "mpp"] else sheet.at[s, "mpp"],
+                sheet.at[s, "mpp_source"] or "override",
                 Path(args.out_dir) / f"{s}.parquet",
             )
             for s in args.sample
@@ -82,11 +126,15 @@ def _tile(args: argparse.Namespace) -> None:
     else:
         if len(args.sample) != 1 or not (args.slide and args.out):
             raise HistofuseError("tile needs one --sample with --slide and --out")
-        jobs = [(args.sample[0], args.slide, args.expression, args.mpp, Path(args.out))]
+        jobs = [
+            (args.sample[0], args.slide, args.expression, args.mpp, args.mpp_source, Path(args.out))
+        ]
     failed = []
-    for sample, slide, expression, mpp, out in jobs:
+    for sample, slide, expression, mpp, mpp_source, out in jobs:
         try:
-            table, meta, mask = tile_sample(slide, spec, expression or None, mpp_override=mpp)
+            table, meta, mask = tile_sample(
+                slide, spec, expression or None, mpp_override=mpp, mpp_source=mpp_source
+            )
         except HistofuseError as exc:
             if args.on_error == "record":
                 from histofuse.slides.failures import write_failure
@@ -110,14 +158,15 @@ def _tile(args: argparse.Namespace) -> None:
             continue
         meta["sample"] = sample
         write_tiles(table, meta, out)
-        stem = out.with_suffix("")
-        write_qc(table, meta, mask, Path(args.qc) if args.qc else stem.with_suffix(".qc.png"))
-        write_stats(meta, Path(args.stats) if args.stats else stem.with_suffix(".json"))
+        write_qc(table, meta, mask, Path(args.qc) if args.qc else _beside(out, ".qc.png"))
+        write_stats(meta, Path(args.stats) if args.stats else _beside(out, ".json"))
         logging.info(
-            "%s: %d %s tiles of %d px at %.4g µm/px (µm/px from %s)",
+            "%s: %d %s tiles (%d dropped for tissue < %g) of %d px at %.4g µm/px (µm/px from %s)",
             sample,
             len(table),
             spec.mode,
+            meta["n_dropped_tissue"],
+            meta["min_tissue"],
             spec.patch_px,
             meta["effective_mpp"],
             meta["mpp_source"],
@@ -241,6 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--patients", type=int, default=3)
     s.add_argument("--slides-per-patient", type=int, default=2)
     s.add_argument("--genes", type=int, default=120)
+    s.add_argument(
+        "--hest-bench", action="store_true", help="also write OUT/hest-bench, a HEST-Bench task"
+    )
+    s.add_argument("--hest-bench-px", type=int, default=224, help="side of its stored patches")
+    s.add_argument("--hest-bench-mpp", type=float, default=0.5, help="µm/px of its patches")
     s.set_defaults(func=_demo_cohort)
 
     s = sub.add_parser("tile", help="tile coordinates (spots or grid) of one or more samples")
@@ -252,10 +306,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--patch-um", type=float, default=112.0)
     s.add_argument("--target-mpp", type=float, default=0.5)
     s.add_argument("--mpp", type=float, default=None, help="µm/px override for this slide")
+    s.add_argument(
+        "--mpp-source", default="override", help="where --mpp came from (e.g. hest-metadata)"
+    )
     s.add_argument("--out", help="tiles parquet (one sample)")
     s.add_argument("--mode", choices=["spots", "grid"], default="spots")
     s.add_argument("--stride-um", type=float, default=None, help="grid step (default patch)")
     s.add_argument("--min-tissue", type=float, default=0.5, help="grid: min tissue fraction")
+    s.add_argument(
+        "--spot-min-tissue", type=float, default=0.0, help="spots: min tissue fraction (0: all)"
+    )
     s.add_argument("--tissue", default="{}", help="tissue detection parameters (JSON)")
     s.add_argument("--qc", help="QC thumbnail (default: beside --out, .qc.png)")
     s.add_argument("--stats", help="counts/timings JSON (default: beside --out, .json)")
@@ -267,6 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="stop",
         help="record: a sample that cannot be tiled gets an empty tiles table carrying the error "
         "(left out downstream and listed in the report's missing.csv) instead of failing the job",
+    )
+    s.add_argument(
+        "--hest-bench",
+        action="append",
+        metavar="TASK=FOLDER",
+        help="with --sheet: also tile the pre-cut patches of this HEST-Bench task's samples",
     )
     s.set_defaults(func=_tile)
 

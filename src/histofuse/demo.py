@@ -1155,3 +1155,110 @@ def _write_h5ad(
     }
     with _atomic(path) as tmp:
         adata.write_h5ad(tmp)
+
+
+# --------------------------------------------------------------------------------------------
+# The cohort in the HEST-Bench task layout
+
+HEST_BENCH_DIR = "hest-bench"
+
+
+def demo_hest_bench_ids(n_patients: int = 3, slides_per_patient: int = 2) -> list[str]:
+    """Samples of the demo's HEST-Bench task: the first slide of each patient.
+
+    Raises:
+        ValueError: If an argument is not a positive integer.
+    """
+    return [s for s in demo_sample_ids(n_patients, slides_per_patient) if s.endswith("-S1")]
+
+
+def write_demo_hest_bench(
+    cohort: str | Path,
+    out: str | Path | None = None,
+    samples: list[str] | None = None,
+    patch_px: int = 224,
+    patch_mpp: float = 0.5,
+    n_genes: int = 50,
+) -> Path:
+    """Writes a demo cohort's samples as a HEST-Bench task folder.
+
+    The layout is HEST-Bench's (``hest_protocol.md`` §3.1): ``patches/{id}.h5`` with ``img``
+    (N, ``patch_px``, ``patch_px``, 3) uint8 patches centred on the spots, cut at ``patch_mpp``
+    µm/px by the tile reader, ``barcode`` (N×1 bytes) and ``coords`` (N×2 level-0 px);
+    ``adata/{id}.h5ad`` (the spot counts); ``splits/train_{i}.csv`` / ``test_{i}.csv``
+    (``sample_id, patches_path, expr_path``; one patient per test fold); ``var_50genes.json``
+    and ``mean_50genes.json`` (``{"genes": [...]}``: the most variable and the most expressed
+    genes of log1p counts over all spots of the task, as HEST chose them).
+
+    Args:
+        cohort: A folder written by :func:`write_demo_cohort`.
+        out: The task folder (default ``cohort/hest-bench``).
+        samples: Sample ids (default :func:`demo_hest_bench_ids`); they must cover two patients.
+        patch_px: Side of the stored patches in pixels (HEST: 224).
+        patch_mpp: Their µm/px (HEST: 0.5).
+        n_genes: Length of the gene lists (HEST: 50).
+
+    Returns:
+        The task folder.
+
+    Raises:
+        ValueError: If the cohort is missing, a sample is unknown or there are fewer than two
+            patients.
+    """
+    import shutil
+
+    import h5py
+    import numpy as np
+    import pandas as pd
+
+    from histofuse.data.expression import read_counts, top_variable_genes
+    from histofuse.samples import load_samples
+    from histofuse.slides.reader import TileDataset
+    from histofuse.slides.spec import TilingSpec
+    from histofuse.slides.tiling import tile_spots
+
+    cohort = Path(cohort)
+    if not (cohort / "cohort.json").is_file():
+        raise ValueError(f"cohort {cohort} is not a finished demo cohort (no cohort.json)")
+    patch_px = _check_int("patch_px", patch_px, 8)
+    patch_mpp = _check_float("patch_mpp", patch_mpp, 0.0)
+    n_genes = _check_int("n_genes", n_genes, 1)
+    meta = json.loads((cohort / "cohort.json").read_text())
+    sheet = load_samples(cohort / "samples.tsv")
+    ids = samples or demo_hest_bench_ids(meta["n_patients"], meta["slides_per_patient"])
+    unknown = sorted(set(ids) - set(sheet.index))
+    if unknown:
+        raise ValueError(f"samples {unknown} are not in the cohort {cohort}")
+    patients = sheet.loc[ids, "patient_id"]
+    if patients.nunique() < 2:
+        raise ValueError("a HEST-Bench task needs samples of at least two patients")
+    out = Path(out) if out is not None else cohort / HEST_BENCH_DIR
+    for sub in ("splits", "patches", "adata"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    spec = TilingSpec(patch_um=patch_px * patch_mpp, target_mpp=patch_mpp)
+    logs = []
+    for sid in ids:
+        row = sheet.loc[sid]
+        table, tmeta = tile_spots(row["slide"], row["expression"], spec)
+        ds = TileDataset(table, tmeta)
+        with _atomic(out / "patches" / f"{sid}.h5") as tmp, h5py.File(tmp, "w") as f:
+            f["img"] = np.stack([ds[i] for i in range(len(ds))]).astype(np.uint8)
+            f["barcode"] = np.array([b.encode() for b in table["barcode"]])[:, None]
+            f["coords"] = table[["x", "y"]].to_numpy(dtype=np.float64)
+        with _atomic(out / "adata" / f"{sid}.h5ad") as tmp:
+            shutil.copyfile(row["expression"], tmp)
+        logs.append(np.log1p(read_counts(row["expression"])))
+    log_counts = pd.concat(logs, ignore_index=True)
+    var_genes = top_variable_genes(log_counts, n_genes)
+    mean = log_counts.mean(axis=0)
+    mean_genes = sorted(mean.index, key=lambda g: (-mean[g], g))[:n_genes]
+    for name, genes in (("var_50genes.json", var_genes), ("mean_50genes.json", mean_genes)):
+        with _atomic(out / name) as tmp:
+            Path(tmp).write_text(json.dumps({"genes": genes}, indent=1) + "\n")
+    for i, patient in enumerate(sorted(set(patients))):
+        for side, chosen in (("train", patients != patient), ("test", patients == patient)):
+            lines = ["sample_id,patches_path,expr_path"]
+            lines += [f"{s},patches/{s}.h5,adata/{s}.h5ad" for s in patients.index[chosen]]
+            with _atomic(out / "splits" / f"{side}_{i}.csv") as tmp:
+                Path(tmp).write_text("\n".join(lines) + "\n")
+    return out

@@ -105,12 +105,17 @@ def fit_task(
     from histofuse.evaluation.metrics import per_gene_metrics
     from histofuse.evaluation.splits import task_splits
     from histofuse.heads.probes import make_head
-    from histofuse.samples import load_samples
+    from histofuse.samples import joins_task, load_samples
 
     t0 = time.perf_counter()
     task = {**DEFAULT_TASK, **task}
-    sheet = load_samples(samples_sheet)
-    names = task["samples"] or [s for s in sheet.index if sheet.at[s, "expression"]]
+    if task.get("hest_bench"):  # the folder's samples, official splits and gene list
+        from histofuse.hest_bench import resolve_bench_task
+
+        sheet, task = resolve_bench_task(task_name, task)
+    else:
+        sheet = load_samples(samples_sheet)
+    names = task["samples"] or [s for s in sheet.index if joins_task(sheet, s, task_name)]
     unknown = sorted(set(names) - set(sheet.index))
     if unknown:
         raise HistofuseError(f"task {task_name!r} names samples not in the sheet: {unknown}")
@@ -167,7 +172,10 @@ def fit_task(
 
     metrics, predictions, fold_genes = [], [], {}
     for seed in seeds:
-        folds = task_splits(task["split"] or {}, patients, sample_ids, seed)
+        split_ids = sheet.loc[sample_ids, "split_id"].to_numpy() if "split_id" in sheet else None
+        folds = task_splits(
+            task["split"] or {}, patients, sample_ids if split_ids is None else split_ids, seed
+        )
         for fold, (train, test) in enumerate(folds):
             log.info(
                 "seed %d, fold %d of %d: %d train, %d test spots",

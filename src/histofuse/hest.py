@@ -1,9 +1,11 @@
 """HEST-1k input: build the normalised sample table from a downloaded HEST-1k style folder.
 
 A HEST-1k folder holds ``wsis/{id}.tif``, ``st/{id}.h5ad`` and ``metadata/{id}.json``; the
-metadata's ``pixel_size_um_estimated`` becomes the sample's µm/px (HEST's own estimate, used as
-an override of the TIFF header, which is often missing or wrong) and its ``patient`` the patient
-id (the sample id when absent).
+metadata's ``pixel_size_um_estimated`` becomes the sample's µm/px (HEST's own estimate, which
+takes precedence over the TIFF header, often missing or wrong) with source ``hest-metadata``,
+and its ``patient`` the patient id (the sample id when absent). A metadata file without an
+estimate leaves the µm/px to the slide's own metadata (OpenSlide properties, TIFF resolution,
+vendor keys); a slide with neither stops its tile job with a message naming it.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def read_hest1k(folder: str | Path) -> pd.DataFrame:
 
     Raises:
         HistofuseError: Naming the file and the fix, if a slide lacks its expression file or its
-            metadata, or the metadata has no usable pixel size.
+            metadata, or the metadata's pixel size is not a positive number.
     """
     folder = Path(folder)
     if not is_hest1k(folder):
@@ -61,14 +63,25 @@ def read_hest1k(folder: str | Path) -> pd.DataFrame:
             )
         try:
             meta = json.loads(meta_path.read_text())
-            mpp = float(meta["pixel_size_um_estimated"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise HistofuseError(
-                f"HEST-1k metadata {meta_path} has no numeric `pixel_size_um_estimated` ({exc!r}); "
-                "fix the file or write a sample sheet with an `mpp` column"
-            ) from None
-        if not mpp > 0:
-            raise HistofuseError(f"HEST-1k metadata {meta_path}: pixel size {mpp} is not positive")
+        except ValueError as exc:
+            raise HistofuseError(f"HEST-1k metadata {meta_path} is not valid JSON: {exc}") from None
+        if not isinstance(meta, dict):
+            raise HistofuseError(f"HEST-1k metadata {meta_path} must hold a JSON object")
+        estimate = meta.get("pixel_size_um_estimated")
+        if estimate is None:
+            mpp, source = float("nan"), ""  # the slide's own metadata decides at tile time
+        else:
+            try:
+                mpp = float(estimate)
+            except (TypeError, ValueError):
+                mpp = float("nan")
+            if not mpp > 0 or mpp == float("inf"):
+                raise HistofuseError(
+                    f"HEST-1k metadata {meta_path}: `pixel_size_um_estimated` = {estimate!r} is "
+                    "not a positive number; fix the file or write a sample sheet with an `mpp` "
+                    "column"
+                )
+            source = "hest-metadata"
         patient = meta.get("patient") or sid
         rows.append(
             {
@@ -77,7 +90,7 @@ def read_hest1k(folder: str | Path) -> pd.DataFrame:
                 "slide": str(slide.resolve()),
                 "expression": str(expression.resolve()),
                 "mpp": mpp,
-                "mpp_source": "hest.pixel_size_um_estimated",
+                "mpp_source": source,
             }
         )
     return pd.DataFrame(rows).set_index("sample_id", drop=False)

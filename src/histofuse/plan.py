@@ -39,6 +39,53 @@ def demo_samples(sheet: str | Path, demo: dict[str, Any]) -> pd.DataFrame:
     ).set_index("sample_id", drop=False)
 
 
+def hest_bench_samples(config: dict[str, Any], taken: set[str]) -> pd.DataFrame:
+    """The samples of the config's ``hest_bench`` tasks, named ``{task}.{sample_id}``.
+
+    A folder the demo generator will write (``demo.hest_bench``) is planned from the demo's
+    settings; any other folder must exist.
+
+    Raises:
+        HistofuseError: If a folder is missing or malformed, a task also sets ``samples``, or a
+            name collides with a sheet sample.
+    """
+    from histofuse.hest_bench import bench_samples, planned_bench_samples
+
+    tables = []
+    demo = config["demo"]
+    for task, spec in config["tasks"].items():
+        folder = spec.get("hest_bench")
+        if not folder:
+            continue
+        if spec.get("samples"):
+            raise HistofuseError(
+                f"config `tasks.{task}`: `samples` and `hest_bench` exclude each other; the "
+                "HEST-Bench folder's split files list the samples"
+            )
+        planned = Path(config["samples"]).parent / "hest-bench"
+        if demo["enabled"] and demo.get("hest_bench") and Path(folder) == planned:
+            from histofuse.demo import demo_hest_bench_ids
+
+            ids = demo_hest_bench_ids(demo["patients"], demo["slides_per_patient"])
+            tables.append(planned_bench_samples(task, folder, ids))
+        elif not Path(folder).is_dir():
+            raise HistofuseError(
+                f"config `tasks.{task}.hest_bench`: {folder} is not a folder; point it at a "
+                "HEST-Bench task folder (splits/, patches/, adata/, var_50genes.json)"
+            )
+        else:
+            tables.append(bench_samples(task, folder))
+    if not tables:
+        return pd.DataFrame()
+    table = pd.concat(tables)
+    clash = sorted(set(table.index) & taken)
+    if clash:
+        raise HistofuseError(
+            f"HEST-Bench sample {clash[0]!r} has the name of a sample of the sheet; rename the task"
+        )
+    return table
+
+
 def read_registry(path: str | Path | None) -> dict[str, str]:
     """Reads the shard registry (sample id → shard id); empty if there is none yet."""
     if path is None or not Path(path).is_file():
@@ -121,7 +168,17 @@ class Plan:
         else:
             samples = load_samples(sheet)
         ids = list(samples.index)
-        shards = assign_shards(ids, config["embed"]["shard_size"], read_registry(registry))
+        known = read_registry(registry)
+        shards = assign_shards(ids, config["embed"]["shard_size"], known)
+        bench = hest_bench_samples(config, set(ids))
+        if len(bench):
+            # HEST-Bench samples get shards of their own: their tiles come from pre-cut patches
+            # (another tiling spec), and the other tasks' embed jobs never wait for them.
+            taken = {**known, **{s: shard for shard, members in shards.items() for s in members}}
+            shards.update(assign_shards(list(bench.index), config["embed"]["shard_size"], taken))
+            samples = pd.concat([samples, bench])
+            ids = list(samples.index)
+            shards = dict(sorted(shards.items()))
 
         feature_sets: dict[str, list[str]] = {}
         if config["feature_sets"]["singles"]:
@@ -135,11 +192,26 @@ class Plan:
             feature_sets[feature_set_name(group)] = sorted(group)
         if not feature_sets:
             raise HistofuseError("config `feature_sets` defines no feature set")
+        if "tasks" in samples:
+            from histofuse.samples import parse_tasks
+
+            for sample, cell in samples["tasks"].items():
+                unknown = sorted(set(parse_tasks(cell)) - set(config["tasks"]))
+                if unknown:
+                    raise HistofuseError(
+                        f"sample sheet {sheet}: sample {sample} names task(s) {unknown} in its "
+                        f"`tasks` column, which are not in the config's `tasks`"
+                    )
         for task, spec in config["tasks"].items():
             unknown = sorted(set(spec.get("samples") or []) - set(ids))
             if unknown:
                 raise HistofuseError(
                     f"config `tasks.{task}.samples` names unknown samples {unknown}"
+                )
+            heads = sorted(set(spec.get("heads") or []) - set(config["heads"]))
+            if heads:
+                raise HistofuseError(
+                    f"config `tasks.{task}.heads` names {heads}, which are not in `heads`"
                 )
         return cls(config=config, samples=samples, shards=shards, feature_sets=feature_sets)
 
@@ -160,16 +232,27 @@ class Plan:
         """Sample ids of a task (computed once per task)."""
         key = ("task_samples", task)
         if key not in self._memo:
-            chosen = self.config["tasks"][task].get("samples")
-            if chosen:
-                self._memo[key] = list(chosen)
-            else:
-                expr = self.samples.get("expression")
-                values = [] if expr is None else expr.tolist()
-                self._memo[key] = [
-                    s for s, v in zip(self.samples.index, values, strict=True) if str(v or "")
-                ]
+            self._memo[key] = self._task_samples(task)
         return list(self._memo[key])
+
+    def _task_samples(self, task: str) -> list[str]:
+        spec = self.config["tasks"][task]
+        if spec.get("hest_bench"):
+            return [s for s in self.samples.index if self.samples.at[s, "task"] == task]
+        chosen = spec.get("samples")
+        if chosen:
+            return list(chosen)
+        if "expression" not in self.samples:
+            return []
+        from histofuse.samples import joins_task
+
+        bench = self.samples.get("patches")
+        return [
+            s
+            for s in self.samples.index
+            if joins_task(self.samples, s, task)
+            and (bench is None or not isinstance(bench[s], str) or not bench[s])
+        ]
 
     def shards_of(self, samples: list[str]) -> list[str]:
         """Shard ids holding any of the given samples, in shard order."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -10,22 +11,24 @@ import pandas as pd
 from histofuse.errors import HistofuseError
 
 REQUIRED = ("sample_id", "patient_id", "slide")
-OPTIONAL = ("expression", "mpp")
+OPTIONAL = ("expression", "mpp", "tasks")
 
 
 def load_samples(path: str | Path, check_files: bool = True) -> pd.DataFrame:
     """Reads and validates a sample sheet (TSV), or builds it from a HEST-1k folder.
 
     Columns: ``sample_id``, ``patient_id``, ``slide`` (required), ``expression`` (``.h5ad``,
-    for spot tasks) and ``mpp`` (a µm/px override) (optional). Relative paths resolve against the
-    sheet's folder.
+    for spot tasks), ``mpp`` (a µm/px override) and ``tasks`` (task names separated by commas;
+    empty: every task) (optional). Relative paths resolve against the sheet's folder.
 
     Args:
         path: The sheet, or a HEST-1k style folder (see :func:`histofuse.hest.read_hest1k`).
         check_files: Whether every referenced file must exist.
 
     Returns:
-        The table indexed by ``sample_id`` with absolute paths.
+        The table indexed by ``sample_id`` with absolute paths, plus ``mpp_source`` (where the
+        ``mpp`` value came from: ``override`` for the sheet's column, ``hest-metadata`` for a
+        HEST-1k folder; empty when the slide's own metadata decides).
 
     Raises:
         HistofuseError: Naming the row and column of the first problem.
@@ -71,6 +74,15 @@ def load_samples(path: str | Path, check_files: bool = True) -> pd.DataFrame:
             f"sample sheet {path}: sample_id {bad_id.iloc[0]!r} may only use letters, digits, '.', "
             "'_' and '-'"
         )
+    if "mpp" in df.columns:
+        mpp = pd.to_numeric(df["mpp"].replace("", None), errors="coerce")
+        bad = df.index[(df["mpp"] != "") & ~(mpp > 0)]
+        if len(bad):
+            raise HistofuseError(
+                f"sample sheet {path}, row {bad[0] + 2}: mpp {df.at[bad[0], 'mpp']!r} must be a "
+                "positive number (µm per level-0 pixel) or empty"
+            )
+    _check_rows(df, path)
     base = str(path.resolve().parent)
     for col in ("slide", "expression"):
         if col not in df.columns:
@@ -85,16 +97,59 @@ def load_samples(path: str | Path, check_files: bool = True) -> pd.DataFrame:
                         f"{col} file {v} does not exist"
                     )
     if "mpp" in df.columns:
-        mpp = pd.to_numeric(df["mpp"].replace("", None), errors="coerce")
-        bad = df.index[(df["mpp"] != "") & ~(mpp > 0)]
-        if len(bad):
-            raise HistofuseError(
-                f"sample sheet {path}, row {bad[0] + 2}: mpp {df.at[bad[0], 'mpp']!r} must be a "
-                "positive number (µm per level-0 pixel) or empty"
-            )
         df["mpp"] = mpp
     else:
         df["mpp"] = float("nan")
+    df["mpp_source"] = ["override" if v == v else "" for v in df["mpp"]]
     if "expression" not in df.columns:
         df["expression"] = ""
+    if "tasks" in df.columns:
+        df["tasks"] = [",".join(parse_tasks(v)) for v in df["tasks"]]
+    else:
+        df["tasks"] = ""
     return df.set_index("sample_id", drop=False)
+
+
+def sheet_schema() -> dict:
+    """The JSON schema of one sample-sheet row (``histofuse/schemas/samples.schema.yaml``)."""
+    from importlib.resources import files
+
+    import yaml
+
+    return yaml.safe_load(files("histofuse").joinpath("schemas/samples.schema.yaml").read_text())
+
+
+def _check_rows(df: pd.DataFrame, path: Path) -> None:
+    """Validates every row against :func:`sheet_schema`; the error names the row and column."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(sheet_schema())
+    for i, row in zip(df.index, df.to_dict("records"), strict=True):
+        err = next(iter(sorted(validator.iter_errors(row), key=lambda e: list(e.path))), None)
+        if err is None:
+            continue
+        col = err.path[0] if err.path else ""
+        desc = validator.schema["properties"].get(col, {}).get("description", err.message)
+        raise HistofuseError(
+            f"sample sheet {path}, row {i + 2} ({row.get('sample_id', '')}): `{col}` = "
+            f"{row.get(col)!r} is invalid; expected {desc}"
+        )
+
+
+def parse_tasks(cell: object) -> list[str]:
+    """The task names of a sheet's ``tasks`` cell (comma- or semicolon-separated; may be empty)."""
+    if not isinstance(cell, str):
+        return []
+    return [t.strip() for t in re.split(r"[,;]", cell) if t.strip()]
+
+
+def joins_task(sheet: pd.DataFrame, sample: str, task: str) -> bool:
+    """Whether a sample with an expression file is in a task that does not list its samples.
+
+    A sample joins every such task unless the sheet's ``tasks`` cell names some, then only those.
+    """
+    expression = sheet.at[sample, "expression"]
+    if not isinstance(expression, str) or not expression:
+        return False
+    chosen = parse_tasks(sheet.at[sample, "tasks"]) if "tasks" in sheet else []
+    return not chosen or task in chosen

@@ -34,7 +34,10 @@ def expression_of(wildcards):
 
 def mpp_flag(wildcards):
     mpp = SAMPLES.at[wildcards.sample, "mpp"] if "mpp" in SAMPLES else None
-    return "" if mpp is None or mpp != mpp else f"--mpp {mpp}"
+    if mpp is None or mpp != mpp:
+        return ""
+    source = SAMPLES.at[wildcards.sample, "mpp_source"] if "mpp_source" in SAMPLES else ""
+    return f"--mpp {mpp}" + (f" --mpp-source {source}" if isinstance(source, str) and source else "")
 
 
 def shard_tiles(wildcards):
@@ -101,6 +104,7 @@ def all_metrics(wildcards=None):
         for features in PLAN.feature_sets
         for head in config["heads"]
         if head not in FUSION_HEADS or len(PLAN.feature_sets[features]) > 1
+        if head in (config["tasks"][task].get("heads") or config["heads"])
     ]
 
 
@@ -135,6 +139,7 @@ def tiling_flags(wildcards):
 
     t = config["tiling"]
     flags = f"--mode {t['mode']} --min-tissue {t['min_tissue']}"
+    flags += f" --spot-min-tissue {t['spot_min_tissue']}"
     if t.get("stride_um") is not None:
         flags += f" --stride-um {t['stride_um']}"
     if t.get("on_error", "stop") != "stop":
@@ -142,3 +147,78 @@ def tiling_flags(wildcards):
     if hasattr(wildcards, "sample") and expression_of(wildcards):
         flags += f" --expression {shlex.quote(expression_of(wildcards))}"
     return flags + f" --tissue {shlex.quote(json.dumps(t['tissue'], sort_keys=True))}"
+
+
+# HEST-Bench tasks (`tasks.<name>.hest_bench`): pre-cut patches as the tile source, and the
+# folder's split files and gene list as inputs of the task's fit jobs.
+def patches_of(wildcards):
+    patches = SAMPLES.at[wildcards.sample, "patches"] if "patches" in SAMPLES else ""
+    return patches if isinstance(patches, str) else ""
+
+
+def task_bench_files(wildcards):
+    from histofuse.hest_bench import bench_files
+
+    folder = config["tasks"][wildcards.task].get("hest_bench")
+    if not folder:
+        return []
+    demo = os.path.join(os.path.dirname(config["samples"]), "hest-bench")
+    if config["demo"]["enabled"] and os.path.normpath(folder) == os.path.normpath(demo):
+        # the demo's folder may not exist yet: list the files its generator will write, so
+        # the input set is the same before and after generation
+        return [f for f in demo_hest_bench_outputs() if f.endswith((".csv", "var_50genes.json"))]
+    return bench_files(folder)
+
+
+def tile_inputs(wildcards):
+    patches = patches_of(wildcards)
+    if patches:
+        return {"patches": ancient(patches)}
+    return {
+        "slide": ancient(slide_of(wildcards)),
+        "expression": ancient(expression_input(wildcards)),
+    }
+
+
+def tile_source(wildcards, input):
+    import shlex
+
+    if "patches" in input.keys():
+        return f"--patches {shlex.quote(input.patches)}"
+    return f"--slide {shlex.quote(input.slide)}"
+
+
+def demo_hest_bench_outputs():
+    from histofuse.demo import demo_hest_bench_ids
+
+    if not config["demo"]["hest_bench"]:
+        return []
+    folder = os.path.join(os.path.dirname(config["samples"]), "hest-bench")
+    ids = demo_hest_bench_ids(config["demo"]["patients"], config["demo"]["slides_per_patient"])
+    files = [os.path.join(folder, "patches", f"{s}.h5") for s in ids]
+    files += [os.path.join(folder, "adata", f"{s}.h5ad") for s in ids]
+    files += [
+        os.path.join(folder, "splits", f"{side}_{i}.csv")
+        for i in range(config["demo"]["patients"])
+        for side in ("train", "test")
+    ]
+    return files + [os.path.join(folder, f) for f in ("var_50genes.json", "mean_50genes.json")]
+
+
+def demo_hest_bench_flags():
+    if not config["demo"]["hest_bench"]:
+        return ""
+    t = config["tiling"]
+    return (
+        f"--hest-bench --hest-bench-px {round(t['patch_um'] / t['target_mpp'])}"
+        f" --hest-bench-mpp {t['target_mpp']}"
+    )
+
+
+def shard_hest_bench_flags(wildcards):
+    members = set(PLAN.shards[wildcards.shard])
+    return " ".join(
+        f"--hest-bench {task}={spec['hest_bench']}"
+        for task, spec in config["tasks"].items()
+        if spec.get("hest_bench") and members & set(PLAN.task_samples(task))
+    )

@@ -1,18 +1,22 @@
 # The synthetic demo cohort, generated only when `demo.enabled` is true.
+# With `demo.hest_bench` it also writes the first slide of each patient as a HEST-Bench task
+# folder (hest-bench/ beside the sheet), its patches cut at the tiling's size and µm/px.
 if config["demo"]["enabled"]:
 
     rule demo_cohort:
         output:
             sheet=config["samples"],
-            slides=SAMPLES["slide"].tolist(),
+            slides=[s for s in SAMPLES["slide"] if s],
             expression=SAMPLES["expression"].tolist(),
             bulk=os.path.join(os.path.dirname(config["samples"]), "bulk.csv"),
+            hest_bench=demo_hest_bench_outputs(),
         params:
             out=parent_of_first_output,
             seed=config["demo"]["seed"],
             patients=config["demo"]["patients"],
             slides_per_patient=config["demo"]["slides_per_patient"],
             genes=config["demo"]["genes"],
+            hest_bench=demo_hest_bench_flags(),
         benchmark:
             "logs/benchmark/demo_cohort/demo_cohort.tsv"
         log:
@@ -22,4 +26,4 @@ if config["demo"]["enabled"]:
         shell:
             "histofuse demo-cohort --out {params.out:q} --seed {params.seed}"
             " --patients {params.patients} --slides-per-patient {params.slides_per_patient}"
-            " --genes {params.genes} > {log:q} 2>&1"
+            " --genes {params.genes} {params.hest_bench} > {log:q} 2>&1"

@@ -4,6 +4,7 @@ rule fit:
     input:
         sheet=config["samples"],
         manifests=feature_manifests,
+        hest_bench=task_bench_files,
     output:
         metrics="results/metrics/{task}/{features}/{head}.parquet",
         predictions="results/predictions/{task}/{features}/{head}.parquet",

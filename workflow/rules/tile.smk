@@ -3,12 +3,12 @@
 # `tiling.jobs: sample` runs one job per sample (results/tiles/{sample}.parquet; a failing slide
 # stops only itself); `shard` tiles all samples of an embed shard in one job
 # (results/tiles/shards/{shard}/{sample}.parquet), which keeps the DAG small for many slides.
+# A HEST-Bench sample has pre-cut patches instead of a slide: its tiles table points at them.
 if config["tiling"]["jobs"] == "sample":
 
     rule tile:
         input:
-            slide=ancient(slide_of),
-            expression=ancient(expression_input),
+            unpack(tile_inputs),
         output:
             tiles="results/tiles/{sample}.parquet",
             qc=report(
@@ -20,6 +20,7 @@ if config["tiling"]["jobs"] == "sample":
             patch_um=config["tiling"]["patch_um"],
             target_mpp=config["tiling"]["target_mpp"],
             mpp=mpp_flag,
+            source=tile_source,
         benchmark:
             "logs/benchmark/tile/{sample}.tsv"
         log:
@@ -27,7 +28,7 @@ if config["tiling"]["jobs"] == "sample":
         conda:
             "../../envs/histofuse.yaml"
         shell:
-            "histofuse tile --sample {wildcards.sample} --slide {input.slide:q}"
+            "histofuse tile --sample {wildcards.sample} {params.source}"
             " {params.tiling} --patch-um {params.patch_um}"
             " --target-mpp {params.target_mpp} {params.mpp} --out {output.tiles:q}"
             " --qc {output.qc:q} --stats {output.stats:q} > {log:q} 2>&1"
@@ -44,6 +45,7 @@ else:
             directory("results/tiles/shards/{shard}"),
         params:
             samples=shard_sample_flags,
+            hest_bench=shard_hest_bench_flags,
             tiling=tiling_flags,
             patch_um=config["tiling"]["patch_um"],
             target_mpp=config["tiling"]["target_mpp"],
@@ -54,6 +56,7 @@ else:
         conda:
             "../../envs/histofuse.yaml"
         shell:
-            "histofuse tile --sheet {input.sheet:q} {params.samples} {params.tiling}"
+            "histofuse tile --sheet {input.sheet:q} {params.samples} {params.hest_bench}"
+            " {params.tiling}"
             " --patch-um {params.patch_um} --target-mpp {params.target_mpp}"
             " --out-dir {output:q} > {log:q} 2>&1"

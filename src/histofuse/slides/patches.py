@@ -74,6 +74,31 @@ def patch_tiles(
     return table, meta
 
 
+def write_patch_qc(table: pd.DataFrame, meta: dict[str, Any], out: str | Path, n: int = 64) -> None:
+    """Writes a QC picture of a pre-cut patches file: up to ``n`` patches, evenly spread.
+
+    Each patch is drawn as the encoders receive it (``patch_px``), in a square contact sheet,
+    with its index in the file.
+    """
+    from PIL import Image, ImageDraw
+
+    ds = H5PatchDataset(table, meta)
+    picks = np.unique(np.linspace(0, len(ds) - 1, min(n, len(ds))).round().astype(int))
+    side = max(64, min(128, ds.patch_px))
+    cols = max(1, int(np.ceil(np.sqrt(len(picks)))))
+    rows = max(1, int(np.ceil(len(picks) / cols)))
+    sheet = Image.new("RGB", (cols * (side + 4) + 4, rows * (side + 4) + 4), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for k, i in enumerate(picks if len(ds) else []):
+        img = Image.fromarray(ds[int(i)]).resize((side, side), Image.Resampling.LANCZOS)
+        x, y = 4 + (k % cols) * (side + 4), 4 + (k // cols) * (side + 4)
+        sheet.paste(img, (x, y))
+        draw.text((x + 2, y + 2), str(int(ds.index[i])), fill=(20, 20, 20))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+
+
 class H5PatchDataset:
     """Stored patches as uint8 (H, W, 3) arrays at ``patch_px``; opened lazily in each worker."""
 

@@ -20,6 +20,9 @@ class TilingSpec:
         target_mpp: µm/px of the patches handed to encoders.
         stride_um: Grid step in µm; ``None`` means ``patch_um`` (non-overlapping tiles).
         min_tissue: Grid tiles with a smaller tissue fraction are dropped.
+        spot_min_tissue: Spot patches with a smaller tissue fraction are dropped. ``0`` keeps
+            every spot, as HEST does: the expression file already lists the spots under tissue
+            (Space Ranger's ``in_tissue``) and HEST's ``dump_patches`` cuts a patch for each.
         tissue: Tissue detection settings.
     """
 
@@ -28,6 +31,7 @@ class TilingSpec:
     target_mpp: float = 0.5
     stride_um: float | None = None
     min_tissue: float = 0.5
+    spot_min_tissue: float = 0.0
     tissue: TissueParams = field(default_factory=TissueParams)
 
     @property

@@ -95,18 +95,24 @@ def tile_sample(
     spec: TilingSpec,
     expression: str | Path | None = None,
     mpp_override: float | None = None,
+    mpp_source: str = "override",
 ) -> tuple[pd.DataFrame, dict[str, Any], TissueMask]:
     """Tiles one sample in the spec's mode.
 
     ``grid`` covers the slide with tiles of ``spec.patch_um`` every ``spec.step_um`` and keeps
     those whose tissue fraction is at least ``spec.min_tissue``; ``spots`` centres one patch on
-    each spot of ``expression`` (keeping its barcode). Both record every tile's tissue fraction.
+    each spot of ``expression`` (keeping its barcode) and keeps those whose tissue fraction is at
+    least ``spec.spot_min_tissue`` (0, every spot, by default). Both record every tile's tissue
+    fraction, and the metadata counts the candidates and the tiles dropped for too little tissue.
+    A spot whose centre lies outside the slide is an error: it means the coordinates do not
+    belong to this slide or are not level-0 pixels, which dropping would hide.
 
     Args:
         slide_path: The whole-slide image.
         spec: The tiling spec.
         expression: The ``.h5ad`` with spot centres (``spots`` mode).
         mpp_override: The sheet's µm/px for this slide, if set.
+        mpp_source: Where ``mpp_override`` came from (recorded as the µm/px source).
 
     Returns:
         The tiles table, its metadata (slide, µm/px and source, spec, read level, effective
@@ -119,7 +125,7 @@ def tile_sample(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     with open_slide(slide_path) as slide:
-        mpp = slide_mpp(slide, slide_path, mpp_override)
+        mpp = slide_mpp(slide, slide_path, mpp_override, mpp_source)
         width, height = slide.dimensions
         target_ds = spec.target_mpp / mpp.x
         level = best_level(tuple(slide.level_downsamples), target_ds)
@@ -147,8 +153,9 @@ def tile_sample(
         raise HistofuseError(f"tiling mode {spec.mode!r} is unknown; use spots or grid")
     table["tissue"] = tissue.box_fractions(table["x0"], table["y0"], table["size0"])
     n_candidates = len(table)
-    if spec.mode == "grid":
-        table = table[table["tissue"] >= spec.min_tissue].reset_index(drop=True)
+    threshold = spec.min_tissue if spec.mode == "grid" else spec.spot_min_tissue
+    if threshold > 0:
+        table = table[table["tissue"] >= threshold].reset_index(drop=True)
     table["x_um"] = table["x"] * mpp.x
     table["y_um"] = table["y"] * mpp.y
     timings["tile"] = time.perf_counter() - t0 - timings["open"] - timings["tissue"]
@@ -158,6 +165,8 @@ def tile_sample(
         effective_mpp=side * mpp.x / spec.patch_px,
         n_tiles=len(table),
         n_candidates=n_candidates,
+        n_dropped_tissue=n_candidates - len(table),
+        min_tissue=threshold,
         tissue_fraction=tissue.fraction,
         tissue_level=tissue.level,
         tissue_threshold=tissue.threshold,
@@ -224,7 +233,8 @@ def write_stats(meta: dict[str, Any], out: str | Path, **extra: Any) -> None:
     """Writes the per-sample tiling summary (counts, µm/px and its source, timings) as JSON."""
     keys = (
         "sample", "slide", "mpp_x", "mpp_y", "mpp_source", "effective_mpp", "read_level",
-        "read_downsample", "n_tiles", "n_candidates", "tissue_fraction", "tissue_level",
+        "read_downsample", "n_tiles", "n_candidates", "n_dropped_tissue", "min_tissue",
+        "tissue_fraction", "tissue_level",
         "timings", "tiling",
     )  # fmt: skip
     out = Path(out)

@@ -71,7 +71,12 @@ def _metadata_mpp(props: Mapping[str, str]) -> tuple[float, float, str] | None:
     return None
 
 
-def slide_mpp(slide: openslide.OpenSlide, path: str | Path, override: float | None = None) -> Mpp:
+def slide_mpp(
+    slide: openslide.OpenSlide,
+    path: str | Path,
+    override: float | None = None,
+    override_source: str = "override",
+) -> Mpp:
     """Returns the level-0 µm/px: a per-sample override wins, else the slide's metadata.
 
     Metadata is tried in order: OpenSlide's ``openslide.mpp-x/y``, the TIFF ``XResolution`` /
@@ -83,6 +88,8 @@ def slide_mpp(slide: openslide.OpenSlide, path: str | Path, override: float | No
         slide: The open slide.
         path: Its path, for messages.
         override: The sheet's ``mpp`` value for this sample, if any.
+        override_source: Where the override came from, recorded as the source (``override``
+            for a sheet's ``mpp`` column, ``hest-metadata`` for a HEST-1k metadata file).
 
     Raises:
         HistofuseError: If neither an override nor a metadata value exists.
@@ -90,7 +97,7 @@ def slide_mpp(slide: openslide.OpenSlide, path: str | Path, override: float | No
     if override is not None and override == override:
         if not override > 0:
             raise HistofuseError(f"slide {path}: the mpp override {override!r} must be positive")
-        return Mpp(float(override), float(override), "override")
+        return Mpp(float(override), float(override), override_source or "override")
     found = _metadata_mpp(slide.properties)
     if found is None:
         raise HistofuseError(

@@ -1,0 +1,124 @@
+"""HEST-Bench tasks in the workflow: a task folder's samples, splits and genes.
+
+A task with ``hest_bench: FOLDER`` in the config takes its samples from a HEST-Bench task folder
+(``splits/``, ``patches/*.h5``, ``adata/*.h5ad``, ``var_50genes.json``; see
+:func:`histofuse.slides.patches.read_hest_bench`). Its samples join the one sample table of the
+run with the id ``{task}.{sample_id}``, so a HEST-Bench sample never collides with the same
+sample's slide in a sample sheet; they have a ``patches`` file instead of a slide, and the tile
+step turns that file into a tiles table that the embed stage reads instead of a slide. The fit
+stage uses the folder's official splits (``split_id`` holds the folder's own sample id, which the
+split files name) and its ``var_50genes.json`` as the gene list.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from histofuse.errors import HistofuseError
+
+COLUMNS = ("sample_id", "patient_id", "slide", "expression", "mpp", "mpp_source", "patches")
+
+
+def bench_sample_id(task: str, sample: str) -> str:
+    """The id of a HEST-Bench sample in the run's sample table: ``{task}.{sample}``."""
+    return f"{task}.{sample}"
+
+
+def bench_samples(task: str, folder: str | Path) -> pd.DataFrame:
+    """The sample table of a HEST-Bench task folder, ids prefixed with the task name.
+
+    Args:
+        task: The task name in the config.
+        folder: The HEST-Bench task folder.
+
+    Returns:
+        Columns ``sample_id, patient_id, slide`` (empty), ``expression, mpp`` (NaN),
+        ``mpp_source`` (empty), ``patches``, ``split_id`` (the folder's sample id) and ``task``,
+        indexed by ``sample_id``.
+
+    Raises:
+        HistofuseError: If the folder is malformed (see ``read_hest_bench``) or a sample id
+            cannot be used as a file name.
+    """
+    from histofuse.slides.patches import read_hest_bench
+
+    table = read_hest_bench(folder)["samples"]
+    return _namespaced(task, sorted(table["sample_id"]), table, Path(folder))
+
+
+def _namespaced(
+    task: str, ids: list[str], table: pd.DataFrame | None, folder: Path
+) -> pd.DataFrame:
+    import re
+
+    bad = [s for s in ids if not re.fullmatch(r"[A-Za-z0-9._-]+", s)]
+    if bad:
+        raise HistofuseError(
+            f"HEST-Bench folder {folder}: sample_id {bad[0]!r} may only use letters, digits, '.', "
+            "'_' and '-'"
+        )
+    rows = []
+    for sid in ids:
+        if table is not None:
+            patches, expression = table.at[sid, "patches"], table.at[sid, "expression"]
+            patient = table.at[sid, "patient_id"]
+        else:  # not written yet: the paths the demo generator will write
+            patches = str(folder / "patches" / f"{sid}.h5")
+            expression = str(folder / "adata" / f"{sid}.h5ad")
+            patient = ""
+        rows.append(
+            {
+                "sample_id": bench_sample_id(task, sid),
+                "patient_id": f"{task}.{patient or sid}",
+                "slide": "",
+                "expression": expression,
+                "mpp": float("nan"),
+                "mpp_source": "",
+                "patches": patches,
+                "split_id": sid,
+                "task": task,
+            }
+        )
+    return pd.DataFrame(rows).set_index("sample_id", drop=False)
+
+
+def planned_bench_samples(task: str, folder: str | Path, ids: list[str]) -> pd.DataFrame:
+    """The table :func:`bench_samples` will return once a generator writes ``ids`` to ``folder``."""
+    ids = sorted(ids)
+    return _namespaced(task, ids, None, Path(folder))
+
+
+def bench_files(folder: str | Path) -> list[str]:
+    """The files of a task folder that the fit stage reads (split files and the gene list)."""
+    folder = Path(folder)
+    splits = sorted(str(p) for p in (folder / "splits").glob("*.csv"))
+    return [*splits, str(folder / "var_50genes.json")]
+
+
+def resolve_bench_task(task_name: str, task: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The sample table and the concrete settings of a ``hest_bench`` task.
+
+    The folder's official splits replace ``split``; its ``var_50genes.json`` becomes
+    ``genes.list`` unless the config sets a list.
+
+    Args:
+        task_name: The task's name.
+        task: The task's config, with ``hest_bench`` set.
+
+    Returns:
+        The task's sample table (see :func:`bench_samples`) and the task with ``split`` and
+        ``genes`` filled in.
+    """
+    from histofuse.slides.patches import read_hest_bench
+
+    folder = Path(task["hest_bench"])
+    bench = read_hest_bench(folder)
+    sheet = bench_samples(task_name, folder)
+    genes = dict(task.get("genes") or {})
+    if not genes.get("list"):
+        genes["list"] = bench["genes"]
+    split = {"scheme": "official", "dir": str(folder / "splits")}
+    return sheet, {**task, "genes": genes, "split": split}

@@ -141,6 +141,7 @@ def _fit(args: argparse.Namespace) -> None:
         json.loads(args.head_params),
         args.metrics,
         args.predictions,
+        memory_budget_mb=args.memory_budget_mb,
     )
 
 
@@ -249,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--head-params", default="{}")
     s.add_argument("--metrics", required=True)
     s.add_argument("--predictions", required=True)
+    s.add_argument(
+        "--memory-budget-mb",
+        type=float,
+        default=None,
+        help="stream features from the cache when they exceed this many MiB (float32)",
+    )
     s.set_defaults(func=_fit)
 
     s = sub.add_parser("report", help="summary tables from metrics files")

@@ -16,7 +16,13 @@ from histofuse.cache.store import FeatureStoreWriter
 from histofuse.errors import HistofuseError
 from histofuse.fit import fit_task, load_feature_set
 from histofuse.heads.probes import make_head
-from histofuse.heads.streaming import LazyFeatures, batch_bounds, fit_predict
+from histofuse.heads.streaming import (
+    LazyFeatures,
+    batch_bounds,
+    batch_rows_for,
+    exceeds_budget,
+    fit_predict,
+)
 
 TASK = {
     "genes": {"top_k": 12, "select_on": "train"},
@@ -96,6 +102,10 @@ def test_batch_bounds_cover_rows_and_merge_a_short_tail():
     assert batch_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]
     assert batch_bounds(10, 4, min_rows=3) == [(0, 4), (4, 10)]
     assert batch_bounds(3, 8) == [(0, 3)]
+    assert batch_rows_for(64, 256) == 1024  # 1/64 of 64 MiB in rows of 256 float32
+    assert batch_rows_for(0.001, 256) == 64  # never fewer than 64 rows per read
+    assert exceeds_budget(1000, 256, 0.9) and not exceeds_budget(1000, 256, 1.0)
+    assert not exceeds_budget(10**9, 256, None)
 
 
 @pytest.mark.parametrize(
@@ -231,11 +241,11 @@ def test_features_over_budget_train_under_budget(tmp_path, head, params):
     """A feature set over twice the budget fits with peak memory (RSS) under the budget."""
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("needs Linux /proc to measure peak memory")
-    budget = 96.0
+    budget = 192.0
     widths = {"enc-a": 1536, "enc-b": 1024}
     small = write_cohort(tmp_path / "small", 100, {"enc-a": 32, "enc-b": 16})
-    big = write_cohort(tmp_path / "big", 4000, widths)
-    n = 6 * 4000
+    big = write_cohort(tmp_path / "big", 7000, widths)
+    n = 6 * 7000
     feature_mb = n * sum(widths.values()) * 4 / 2**20
     assert feature_mb > 2 * budget
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -256,3 +266,19 @@ def test_features_over_budget_train_under_budget(tmp_path, head, params):
     pooled = a["protocol"] == "hest-pooled"
     assert a.loc[pooled, "pearson"].mean() > 0.3
     np.testing.assert_allclose(b["pearson"], a["pearson"], atol=0.05)
+
+
+def test_fit_verb_passes_the_budget(cohort, tmp_path):
+    import pyarrow.parquet as pq
+
+    from histofuse.cli import main
+
+    sheet, stores = cohort
+    out = tmp_path / "m.parquet"
+    args = ["fit", "--task", "t", "--task-json", json.dumps(TASK), "--samples", str(sheet)]
+    args += ["--stores", *map(str, stores), "--features", "enc-a+enc-b", "--head", "hest"]
+    args += ["--head-params", '{"n_components": 8}', "--metrics", str(out)]
+    args += ["--predictions", str(tmp_path / "p.parquet"), "--memory-budget-mb", "0.05"]
+    assert main(args) == 0
+    meta = json.loads(pq.read_schema(out).metadata[b"histofuse"])
+    assert meta["streamed"] is True and len(pd.read_parquet(out)) > 0

@@ -94,7 +94,7 @@ class HESTProbe(RegressorMixin, BaseEstimator):
         self.n_features_in_ = X.shape[1]
         width = min(self.n_components, len(X), X.shape[1])
         scaler = partial_scaler(X, batch_rows)
-        pca = IncrementalPCA(width)
+        pca = IncrementalPCA(width, copy=False)  # each batch is a fresh scaled copy
         for batch in X.batches(batch_rows, min_rows=width):
             pca.partial_fit(scaler.transform(batch))
         self.reducer_ = Pipeline([("scaler", scaler), ("pca", pca)])

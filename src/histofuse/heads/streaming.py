@@ -31,7 +31,8 @@ import numpy as np
 from histofuse.errors import HistofuseError
 
 BYTES_PER_VALUE = 4  # features are used as float32
-BATCH_SHARE = 16  # one batch of rows takes at most 1/16 of the budget
+BATCH_SHARE = 64  # one batch of rows takes at most 1/64 of the budget
+MIN_BATCH_ROWS = 64  # fewer rows per read cost more in per-read overhead than they save
 
 
 @dataclass
@@ -106,8 +107,8 @@ def batch_bounds(n: int, batch_rows: int, min_rows: int = 1) -> list[tuple[int, 
 
 
 def batch_rows_for(budget_mb: float, width: int) -> int:
-    """Rows per streamed batch: a batch takes at most 1/16 of the budget as float32."""
-    return max(1, int(budget_mb * 2**20 / BATCH_SHARE / (width * BYTES_PER_VALUE)))
+    """Rows per streamed batch: at most 1/64 of the budget as float32, and at least 64 rows."""
+    return max(MIN_BATCH_ROWS, int(budget_mb * 2**20 / BATCH_SHARE / (width * BYTES_PER_VALUE)))
 
 
 def limit_malloc_arenas() -> None:

@@ -158,10 +158,10 @@ def gains_grid(gains: pd.DataFrame, summary: pd.DataFrame, options: ReportOption
     grid = Grid(
         title="Relative gain of fused feature sets",
         header=[
-            "task", "features", "head", "Pearson", "mean of its singles", "gain vs mean (%)",
-            "best single", "gain vs best (%)", "p (Wilcoxon)",
+            "task", "features", "head", "protocol", "Pearson", "mean of its singles",
+            "gain vs mean (%)", "best single", "gain vs best (%)", "p (Wilcoxon)",
         ],
-        align=list("lll") + list("rrrlrr"),
+        align=list("llll") + list("rrrlrr"),
         note=(
             "Gain = (fused − reference) / reference × 100 %, per task, head and protocol; a "
             "fusion head is compared with the head in brackets on the single encoders."
@@ -173,7 +173,8 @@ def gains_grid(gains: pd.DataFrame, summary: pd.DataFrame, options: ReportOption
         grid.add(
             [
                 str(rec["task"]), str(rec["features"]), str(rec["head"]),
-                fmt(rec["pearson_mean"], d), fmt(rec["mean_single"], d),
+                str(rec.get("protocol", "")), fmt(rec["pearson_mean"], d),
+                fmt(rec["mean_single"], d),
                 fmt(rec["gain_vs_mean_single_pct"], 2), _single_label(rec),
                 fmt(rec["gain_vs_best_single_pct"], 2),
                 fmt_p(p.get(tuple(rec[k] for k in keys))),

@@ -57,6 +57,36 @@ def metrics_files(tmp_path) -> list[Path]:
     return files
 
 
+def test_fusion_heads_gain_over_the_linear_head_on_single_encoders(tmp_path):
+    """Like with like: a fusion head is compared with `linear` on its singles, not with `hest`."""
+    files = [
+        write_metrics(tmp_path, "t", "enc_a", "hest", 0.10, seed=1),
+        write_metrics(tmp_path, "t", "enc_b", "hest", 0.12, seed=2),
+        write_metrics(tmp_path, "t", "enc_a", "linear", 0.30, seed=3),
+        write_metrics(tmp_path, "t", "enc_b", "linear", 0.20, seed=4),
+        write_metrics(tmp_path, "t", "enc_a+enc_b", "hest", 0.15, seed=5),
+        write_metrics(tmp_path, "t", "enc_a+enc_b", "concat", 0.27, seed=6),
+    ]
+    summary = build_report(files, tmp_path / "report").set_index(["features", "head"])
+    gains = pd.read_csv(tmp_path / "report" / "gains.csv").set_index("head")
+    single = {
+        h: [summary.at[(e, h), "pearson_mean"] for e in ("enc_a", "enc_b")]
+        for h in ("linear", "hest")
+    }
+    for head, base in (("concat", "linear"), ("hest", "hest")):
+        fused = summary.at[("enc_a+enc_b", head), "pearson_mean"]
+        assert gains.at[head, "single_head"] == base
+        assert gains.at[head, "mean_single"] == pytest.approx(np.mean(single[base]), rel=1e-5)
+        assert gains.at[head, "best_single_pearson"] == pytest.approx(max(single[base]), rel=1e-5)
+        assert gains.at[head, "gain_vs_mean_single_pct"] == pytest.approx(
+            100 * (fused - np.mean(single[base])) / np.mean(single[base]), rel=1e-5
+        )
+    # concat beats the mean of its linear singles (0.25) but not the best (0.30)
+    assert gains.at["concat", "gain_vs_mean_single_pct"] > 0
+    assert gains.at["concat", "gain_vs_best_single_pct"] < 0
+    assert "enc_a (linear)" in (tmp_path / "report" / "gains.md").read_text()
+
+
 def test_statistics_and_gains(metrics_files, tmp_path):
     out = tmp_path / "report"
     summary = build_report(metrics_files, out)

@@ -207,6 +207,7 @@ def _fit(args: argparse.Namespace) -> None:
         json.loads(args.head_params),
         args.metrics,
         args.predictions,
+        memory_budget_mb=args.memory_budget_mb,
     )
 
 
@@ -358,6 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--head-params", default="{}")
     s.add_argument("--metrics", required=True)
     s.add_argument("--predictions", required=True)
+    s.add_argument(
+        "--memory-budget-mb",
+        type=float,
+        default=None,
+        help="stream features from the cache when they exceed this many MiB (float32)",
+    )
     s.set_defaults(func=_fit)
 
     s = sub.add_parser("bulk-fit", help="fit one slide head for a slide-level bulk task")

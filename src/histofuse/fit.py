@@ -11,12 +11,15 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from histofuse.errors import HistofuseError
+
+if TYPE_CHECKING:
+    from histofuse.heads.streaming import LazyFeatures
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,10 @@ PROTOCOLS = ("hest-pooled", "per-sample")
 
 
 def load_feature_set(
-    stores: Sequence[str | Path], samples: list[str], with_blocks: bool = False
+    stores: Sequence[str | Path],
+    samples: list[str],
+    with_blocks: bool = False,
+    memory_budget_mb: float | None = None,
 ) -> Any:
     """Loads and concatenates (along features) the cached features of one or more encoders.
 
@@ -40,28 +46,32 @@ def load_feature_set(
         stores: Store paths; grouped by the encoder recorded in each store's provenance.
         samples: Samples to keep.
         with_blocks: Also return the per-encoder feature widths.
+        memory_budget_mb: If the kept features, as float32, exceed this many MiB, they are not
+            read: a :class:`~histofuse.heads.streaming.LazyFeatures` view is returned instead.
 
     Returns:
-        Features (N, sum of dims) as float32, the index (``sample, barcode, x, y``), the
-        encoder names in concatenation order (sorted), and with ``with_blocks`` the feature
-        width of each encoder in that order (so a fusion head can split ``X``).
+        Features (N, sum of dims) as float32 (or a lazy view of them), the index (``sample,
+        barcode, x, y``), the encoder names in concatenation order (sorted), and with
+        ``with_blocks`` the feature width of each encoder in that order (so a fusion head can
+        split ``X``).
 
     Raises:
         HistofuseError: If the encoders do not cover the same tiles.
     """
     from histofuse.cache.store import open_features, read_provenance
+    from histofuse.heads.streaming import LazyFeatures, exceeds_budget
 
     by_encoder: dict[str, list[Path]] = {}
     for store in stores:
         name = read_provenance(store)["encoder"]["name"]
         by_encoder.setdefault(name, []).append(Path(store))
     encoders = sorted(by_encoder)
-    index, blocks = None, []
+    index, arrays, rows = None, [], []
     for name in encoders:
         table = open_features(by_encoder[name])
         keep = table.index["sample"].isin(samples).to_numpy()
         idx = table.index[keep].reset_index(drop=True)
-        x = np.asarray(table.features[np.flatnonzero(keep)].compute(), dtype=np.float32)
+        r = np.flatnonzero(keep)
         key = pd.MultiIndex.from_frame(idx[["sample", "barcode"]])
         if key.duplicated().any():
             raise HistofuseError(f"encoder {name}: duplicate (sample, barcode) tiles in the cache")
@@ -74,11 +84,22 @@ def load_feature_set(
                     f"encoder {name} does not cover the same tiles as {encoders[0]}; re-embed both "
                     "from the same tiles"
                 )
-            x = x[pos]
-        blocks.append(x)
-    x = np.concatenate(blocks, axis=1)
+            r = r[pos]
+        arrays.append(table.features)
+        rows.append(r)
+    widths = [int(a.shape[1]) for a in arrays]
+    x: Any = LazyFeatures(arrays, rows)
+    if exceeds_budget(len(index), sum(widths), memory_budget_mb):
+        log.info(
+            "features of %d tiles × %d exceed the %s MiB budget: streaming them",
+            len(index),
+            sum(widths),
+            memory_budget_mb,
+        )
+    else:
+        x = x.read()
     if with_blocks:
-        return x, index, encoders, [b.shape[1] for b in blocks]
+        return x, index, encoders, widths
     return x, index, encoders
 
 
@@ -92,11 +113,15 @@ def fit_task(
     head_params: dict[str, Any] | None,
     metrics_out: str | Path,
     predictions_out: str | Path,
+    memory_budget_mb: float | None = None,
 ) -> pd.DataFrame:
     """Runs one head over all folds of a spot-level task and writes metrics and predictions.
 
     Metrics are written for two protocols: ``hest-pooled`` (per gene over all test spots of the
     fold; ``sample`` is empty) and ``per-sample`` (per gene within each test sample).
+
+    When the task's features (float32) exceed ``memory_budget_mb`` MiB, they stay in the cache
+    and the head streams them in batches (:mod:`histofuse.heads.streaming`).
 
     Returns:
         The per-(seed, fold, protocol, sample, gene) metrics table that was written.
@@ -105,6 +130,7 @@ def fit_task(
     from histofuse.evaluation.metrics import per_gene_metrics
     from histofuse.evaluation.splits import task_splits
     from histofuse.heads.probes import make_head
+    from histofuse.heads.streaming import batch_rows_for, fit_predict, limit_malloc_arenas
     from histofuse.samples import joins_task, load_samples
 
     t0 = time.perf_counter()
@@ -123,7 +149,12 @@ def fit_task(
     if no_expr:
         raise HistofuseError(f"task {task_name!r}: samples without an expression file: {no_expr}")
 
-    x, index, encoders, widths = load_feature_set(stores, names, with_blocks=True)
+    if memory_budget_mb is not None:
+        limit_malloc_arenas()
+    x, index, encoders, widths = load_feature_set(
+        stores, names, with_blocks=True, memory_budget_mb=memory_budget_mb
+    )
+    batch_rows = batch_rows_for(memory_budget_mb, sum(widths)) if memory_budget_mb else None
     failed = recorded_failures(stores, names)
     if failed:
         for sample, reason in failed.items():
@@ -152,7 +183,7 @@ def fit_task(
     total = np.concatenate(totals)
     order = np.concatenate([np.flatnonzero(index["sample"] == s) for s in names])
     x, index = x[order], index.iloc[order].reset_index(drop=True)
-    keep, dropped = finite_spots(x, counts_df, index, sheet)
+    keep, dropped = finite_spots(x, counts_df, index, sheet, batch_rows=batch_rows)
     if not keep.all():
         x, index, total = x[keep], index[keep].reset_index(drop=True), total[keep]
         counts_df = counts_df[keep].reset_index(drop=True)
@@ -191,8 +222,7 @@ def fit_task(
             est = make_head(head, head_params, seed=seed)
             if "blocks" in est.get_params():
                 est.set_params(blocks=widths)
-            est.fit(x[train], y[train])
-            pred = np.asarray(est.predict(x[test])).reshape(len(test), -1)
+            pred = fit_predict(est, x, y, train, test, batch_rows)
             for protocol, unit in _units(sample_ids[test]):
                 m = per_gene_metrics(y[test][unit], pred[unit], genes)
                 m.insert(
@@ -247,6 +277,7 @@ def fit_task(
             "head_params": head_params or {},
             "dropped_spots": dropped,
             "missing_samples": failed,
+            "streamed": not isinstance(x, np.ndarray),
             "seconds": time.perf_counter() - t0,
         },
     )
@@ -279,7 +310,11 @@ def recorded_failures(stores: Sequence[str | Path], samples: list[str]) -> dict[
 
 
 def finite_spots(
-    x: np.ndarray, counts: pd.DataFrame, index: pd.DataFrame, sheet: pd.DataFrame
+    x: np.ndarray | LazyFeatures,
+    counts: pd.DataFrame,
+    index: pd.DataFrame,
+    sheet: pd.DataFrame,
+    batch_rows: int | None = None,
 ) -> tuple[np.ndarray, list[dict[str, str]]]:
     """Finds the spots whose features and counts are all finite; logs and records the others.
 
@@ -288,10 +323,12 @@ def finite_spots(
     in the metrics file's metadata) and every affected sample gets one warning.
 
     Args:
-        x: Features (N, D), rows aligned with ``counts`` and ``index``.
+        x: Features (N, D), rows aligned with ``counts`` and ``index``, in memory or left in
+            the cache.
         counts: Raw counts (N, genes).
         index: ``sample`` and ``barcode`` of each row.
         sheet: The sample sheet (for the expression file names in messages).
+        batch_rows: Rows read at once from features left in the cache.
 
     Returns:
         The rows to keep (boolean, N) and one ``{sample, barcode, reason}`` record per dropped
@@ -300,7 +337,11 @@ def finite_spots(
     Raises:
         HistofuseError: If a sample has no spot left.
     """
-    bad_x = ~np.isfinite(x).all(axis=1)
+    if isinstance(x, np.ndarray):
+        bad_x = ~np.isfinite(x).all(axis=1)
+    else:  # features left in the cache are checked batch by batch, within the memory budget
+        batches = x.batches(batch_rows or len(x))
+        bad_x = ~np.concatenate([np.isfinite(b).all(axis=1) for b in batches])
     bad_y = ~np.isfinite(counts.to_numpy()).all(axis=1)
     samples = index["sample"].to_numpy()
     barcodes = index["barcode"].to_numpy()

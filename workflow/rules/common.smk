@@ -95,6 +95,12 @@ def head_params(wildcards):
     return json.dumps(config["heads"][wildcards.head] or {}, sort_keys=True)
 
 
+def fit_memory_flag(wildcards):
+    """`--memory-budget-mb N` when `fit.memory_budget_mb` is set (features over it are streamed)."""
+    budget = config["fit"]["memory_budget_mb"]
+    return "" if budget is None else f"--memory-budget-mb {budget}"
+
+
 def all_metrics(wildcards=None):
     from histofuse.heads.names import FUSION_HEADS
 

@@ -12,6 +12,7 @@ rule fit:
         stores=feature_stores,
         task=task_json,
         head=head_params,
+        memory=fit_memory_flag,
     benchmark:
         "logs/benchmark/fit/{task}/{features}/{head}.tsv"
     log:
@@ -22,4 +23,5 @@ rule fit:
         "histofuse fit --task {wildcards.task} --task-json {params.task:q}"
         " --samples {input.sheet:q} --stores {params.stores:q} --features {wildcards.features:q}"
         " --head {wildcards.head} --head-params {params.head:q}"
-        " --metrics {output.metrics:q} --predictions {output.predictions:q} > {log:q} 2>&1"
+        " --metrics {output.metrics:q} --predictions {output.predictions:q} {params.memory}"
+        " > {log:q} 2>&1"

@@ -36,7 +36,8 @@ stepped per batch down to 1e-6, batch 512, the last epoch's model. Seeded and de
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -48,6 +49,9 @@ from torch import nn
 
 from histofuse.errors import HistofuseError
 from histofuse.heads.names import TORCH_HEADS
+
+if TYPE_CHECKING:
+    from histofuse.heads.streaming import LazyFeatures
 
 STRATEGIES = TORCH_HEADS
 
@@ -310,36 +314,77 @@ class TorchHead(RegressorMixin, BaseEstimator):
         finally:
             torch.set_num_threads(before)
 
+    def fit_stream(self, X: LazyFeatures, y: np.ndarray, batch_rows: int) -> TorchHead:
+        """Trains on features streamed from the cache in blocks of about ``batch_rows`` rows.
+
+        See :mod:`histofuse.heads.streaming` for how this differs from :meth:`fit`: the scaler is
+        fitted batch by batch and each epoch shuffles blocks of rows, then rows within a block.
+        """
+        from histofuse.heads.streaming import partial_scaler
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            y = np.asarray(y)
+            if len(y) != len(X):
+                raise HistofuseError(f"{len(X)} feature rows but {len(y)} target rows")
+            self.n_features_in_ = X.shape[1]
+            self.scaler_ = partial_scaler(X, batch_rows) if self.standardize else None
+            # Blocks are whole minibatches, so an epoch takes as many steps as in memory.
+            rows = max(self.batch_size, batch_rows // self.batch_size * self.batch_size)
+            return self._train(len(X), y, lambda: self._stream_epoch(X, rows))
+        finally:
+            torch.set_num_threads(before)
+
     def _fit(self, X: np.ndarray, y: np.ndarray) -> TorchHead:
         X, y = validate_data(self, X, y, multi_output=True, y_numeric=True)
-        self.single_output_ = y.ndim == 1
-        y2 = y.reshape(len(y), -1).astype(np.float32)
         self.scaler_ = StandardScaler().fit(X) if self.standardize else None
         xt = torch.from_numpy(self._prepare(X))
-        yt = torch.from_numpy(y2)
+        return self._train(len(X), y, lambda: [(xt, None)])
+
+    def _stream_epoch(self, X: LazyFeatures, rows: int) -> Iterator[tuple[torch.Tensor, slice]]:
+        from histofuse.heads.streaming import batch_bounds
+
+        bounds = batch_bounds(len(X), rows)
+        for b in torch.randperm(len(bounds), generator=self._gen).tolist():
+            start, stop = bounds[b]
+            yield torch.from_numpy(self._prepare(X.read(slice(start, stop)))), slice(start, stop)
+
+    def _train(
+        self,
+        n: int,
+        y: np.ndarray,
+        epoch_blocks: Callable[[], Iterable[tuple[torch.Tensor, slice | None]]],
+    ) -> TorchHead:
+        """The released training loop over blocks of rows (one block: all rows, in memory)."""
+        self.single_output_ = y.ndim == 1
+        yt = torch.from_numpy(np.asarray(y).reshape(len(y), -1).astype(np.float32))
         torch.manual_seed(self.random_state)
-        gen = torch.Generator().manual_seed(self.random_state)
-        module = self._module(X.shape[1], y2.shape[1])
+        self._gen = torch.Generator().manual_seed(self.random_state)
+        module = self._module(self.n_features_in_, yt.shape[1])
         opt = torch.optim.Adam(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        steps = max(1, self.epochs * math.ceil(len(xt) / self.batch_size))
+        steps = max(1, self.epochs * math.ceil(n / self.batch_size))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=self.min_lr)
         module.train()
         self.loss_curve_: list[float] = []
         for _ in range(self.epochs):
-            order = torch.randperm(len(xt), generator=gen)
             total = 0.0
-            for start in range(0, len(xt), self.batch_size):
-                idx = order[start : start + self.batch_size]
-                pred, aux = module(xt[idx])
-                loss = F.mse_loss(pred, yt[idx]) + aux
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += loss.item() * len(idx)
-            self.loss_curve_.append(total / len(xt))
+            for xb, rows in epoch_blocks():
+                yb = yt if rows is None else yt[rows]
+                order = torch.randperm(len(xb), generator=self._gen)
+                for start in range(0, len(xb), self.batch_size):
+                    idx = order[start : start + self.batch_size]
+                    pred, aux = module(xb[idx])
+                    loss = F.mse_loss(pred, yb[idx]) + aux
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                    total += loss.item() * len(idx)
+            self.loss_curve_.append(total / n)
         module.eval()
         self.module_ = module
+        del self._gen
         return self
 
     def _prepare(self, X: np.ndarray) -> np.ndarray:

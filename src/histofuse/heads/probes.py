@@ -9,7 +9,7 @@ max_iter=1000)`` with d the PCA width.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
@@ -21,6 +21,10 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from histofuse.errors import HistofuseError
 from histofuse.heads.names import TORCH_HEADS
+from histofuse.heads.streaming import batch_bounds
+
+if TYPE_CHECKING:
+    from histofuse.heads.streaming import LazyFeatures
 
 
 class HESTProbe(RegressorMixin, BaseEstimator):
@@ -70,6 +74,45 @@ class HESTProbe(RegressorMixin, BaseEstimator):
         X = validate_data(self, X, reset=False)
         return self.ridge_.predict(self.reducer_.transform(X).astype(np.float32))
 
+    def fit_stream(self, X: LazyFeatures, y: np.ndarray, batch_rows: int) -> HESTProbe:
+        """Fits on features streamed from the cache in batches of about ``batch_rows`` rows.
+
+        Three passes: ``StandardScaler.partial_fit``; ``IncrementalPCA.partial_fit`` on the scaled
+        batches; then ``ZᵀZ`` and ``Zᵀy`` accumulated (float64) over the float32 PCA features and
+        the ridge solved in closed form, ``(ZᵀZ + αI) w = Zᵀy``, without intercept and with HEST's
+        α. The incremental PCA approximates the exact one (see :mod:`histofuse.heads.streaming`).
+        """
+        from scipy.linalg import solve
+        from sklearn.decomposition import IncrementalPCA
+
+        from histofuse.heads.streaming import partial_scaler
+
+        y = np.asarray(y, dtype=np.float64)
+        if len(y) != len(X):
+            raise HistofuseError(f"{len(X)} feature rows but {len(y)} target rows")
+        y2 = y.reshape(len(y), -1)
+        self.n_features_in_ = X.shape[1]
+        width = min(self.n_components, len(X), X.shape[1])
+        scaler = partial_scaler(X, batch_rows)
+        pca = IncrementalPCA(width, copy=False)  # each batch is a fresh scaled copy
+        for batch in X.batches(batch_rows, min_rows=width):
+            pca.partial_fit(scaler.transform(batch))
+        self.reducer_ = Pipeline([("scaler", scaler), ("pca", pca)])
+        gram = np.zeros((width, width))
+        cross = np.zeros((width, y2.shape[1]))
+        for start, stop in batch_bounds(len(X), batch_rows):
+            z = self.reducer_.transform(X.read(slice(start, stop))).astype(np.float32)
+            gram += z.T.astype(np.float64) @ z
+            cross += z.T.astype(np.float64) @ y2[start:stop]
+        self.alpha_ = self.alpha if self.alpha is not None else 100.0 / (width * y2.shape[1])
+        coef = solve(gram + self.alpha_ * np.eye(width), cross, assume_a="pos").T
+        # A Ridge with the solved coefficients, so :meth:`predict` is shared with :meth:`fit`.
+        self.ridge_ = Ridge(alpha=self.alpha_, fit_intercept=False)
+        self.ridge_.coef_ = coef if y.ndim > 1 else coef[0]
+        self.ridge_.intercept_ = np.zeros(y2.shape[1]) if y.ndim > 1 else 0.0
+        self.ridge_.n_features_in_ = width
+        return self
+
 
 class HESTAlphaCVProbe(HESTProbe):
     """The HEST probe with the ridge penalty chosen by inner cross-validation on the training fold.
@@ -93,6 +136,9 @@ class HESTAlphaCVProbe(HESTProbe):
         self.n_components = n_components
         self.alphas = alphas
         self.random_state = random_state
+
+    # The inner cross-validation needs the training features in memory.
+    fit_stream = None
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> HESTAlphaCVProbe:
         """Fits scaler and PCA, selects alpha by inner CV, then fits the lsqr ridge."""

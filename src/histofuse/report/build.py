@@ -145,17 +145,27 @@ def wide_grid(wide: pd.DataFrame, options: ReportOptions) -> Grid:
     return grid
 
 
+def _single_label(rec: dict) -> str:
+    """The best single encoder, with its head when that differs from the fused row's."""
+    head = rec.get("single_head")
+    same = not isinstance(head, str) or head == rec.get("head")
+    return str(rec["best_single"]) + ("" if same else f" ({head})")
+
+
 def gains_grid(gains: pd.DataFrame, summary: pd.DataFrame, options: ReportOptions) -> Grid:
     """Relative gains of multi-encoder rows, with the paired p-value against the best single."""
     d = options.decimals
     grid = Grid(
         title="Relative gain of fused feature sets",
         header=[
-            "task", "features", "head", "Pearson", "mean of its singles", "gain vs mean (%)",
-            "best single", "gain vs best (%)", "p (Wilcoxon)",
+            "task", "features", "head", "protocol", "Pearson", "mean of its singles",
+            "gain vs mean (%)", "best single", "gain vs best (%)", "p (Wilcoxon)",
         ],
-        align=list("lll") + list("rrrlrr"),
-        note="Gain = (fused − reference) / reference × 100 %, per task, head and protocol.",
+        align=list("llll") + list("rrrlrr"),
+        note=(
+            "Gain = (fused − reference) / reference × 100 %, per task, head and protocol; a "
+            "fusion head is compared with the head in brackets on the single encoders."
+        ),
     )  # fmt: skip
     keys = keys_of(gains)
     p = summary.set_index(keys)["p_wilcoxon"] if len(summary) else pd.Series(dtype=float)
@@ -163,8 +173,9 @@ def gains_grid(gains: pd.DataFrame, summary: pd.DataFrame, options: ReportOption
         grid.add(
             [
                 str(rec["task"]), str(rec["features"]), str(rec["head"]),
-                fmt(rec["pearson_mean"], d), fmt(rec["mean_single"], d),
-                fmt(rec["gain_vs_mean_single_pct"], 2), str(rec["best_single"]),
+                str(rec.get("protocol", "")), fmt(rec["pearson_mean"], d),
+                fmt(rec["mean_single"], d),
+                fmt(rec["gain_vs_mean_single_pct"], 2), _single_label(rec),
                 fmt(rec["gain_vs_best_single_pct"], 2),
                 fmt_p(p.get(tuple(rec[k] for k in keys))),
             ]

@@ -12,7 +12,8 @@ report.
   genes; the interval is the percentile bootstrap of the mean.
 * **Relative gain.** For a multi-encoder row (``a+b``), the gain over the mean of its single
   encoders, ``(fused − mean(singles)) / mean(singles)``, and over the best single encoder of the
-  family, both in percent.
+  family, both in percent. Fusion heads, which have no single-encoder rows, are compared with the
+  ``linear`` head on the single encoders (else ``hest``), as the summary's ``single_mean`` is.
 """
 
 from __future__ import annotations
@@ -198,21 +199,36 @@ def bootstrap_ci(genes: pd.DataFrame, keys: list[str], options: ReportOptions) -
 def relative_gains(summary: pd.DataFrame) -> pd.DataFrame:
     """Relative gain (%) of each multi-encoder row over its singles' mean and the best single.
 
+    The single-encoder rows compared with are those of the same task and protocol with the same
+    head; a fusion head that has no single-encoder rows (it needs two encoders) is compared with
+    the ``linear`` head on the single encoders (Meta-Encoder's single-encoder probe, trained with
+    the same settings), else with ``hest``. ``single_head`` names the head used.
+
     Returns:
         One row per multi-encoder row: keys, ``pearson_mean``, ``mean_single`` (mean of its
-        encoders' single rows in the family), ``best_single`` (the family's best single row and
-        its value), ``gain_vs_mean_single_pct`` and ``gain_vs_best_single_pct``.
+        encoders' single rows), ``best_single`` (the best single row and its value),
+        ``gain_vs_mean_single_pct``, ``gain_vs_best_single_pct`` and ``single_head``.
     """
     keys = keys_of(summary)
     fam = family_keys(summary)
     rows = []
-    multi = summary[summary["features"].str.contains("+", regex=False)]
-    for rec in multi.to_dict("records"):
-        same = summary
+    is_multi = summary["features"].str.contains("+", regex=False)
+    for rec in summary[is_multi].to_dict("records"):
+        same = summary[~is_multi]
         for k in fam:
-            same = same[same[k] == rec[k]]
-        singles = same[~same["features"].str.contains("+", regex=False)]
-        parts = singles[singles["features"].isin(single_encoders(rec["features"]))]
+            if k != "head":
+                same = same[same[k] == rec[k]]
+        encoders = single_encoders(rec["features"])
+        heads = list(dict.fromkeys([rec["head"], "linear", "hest"])) if "head" in fam else [None]
+        for head in heads:
+            singles = same if head is None else same[same["head"] == head]
+            parts = singles[singles["features"].isin(encoders)]
+            if len(parts) == len(encoders):
+                break
+        else:
+            head = heads[0]
+            singles = same if head is None else same[same["head"] == head]
+            parts = singles[singles["features"].isin(encoders)]
         mean_single = float(parts["pearson_mean"].mean()) if len(parts) else np.nan
         best = singles.dropna(subset=["pearson_mean"])
         best_row = best.loc[best["pearson_mean"].idxmax()] if len(best) else None
@@ -227,6 +243,7 @@ def relative_gains(summary: pd.DataFrame) -> pd.DataFrame:
                 "best_single_pearson": best_val,
                 "gain_vs_mean_single_pct": 100 * (rec["pearson_mean"] - mean_single) / mean_single,
                 "gain_vs_best_single_pct": 100 * (rec["pearson_mean"] - best_val) / best_val,
+                "single_head": head,
             }
         )
     cols = [
@@ -238,6 +255,7 @@ def relative_gains(summary: pd.DataFrame) -> pd.DataFrame:
         "best_single_pearson",
         "gain_vs_mean_single_pct",
         "gain_vs_best_single_pct",
+        "single_head",
     ]
     return pd.DataFrame(rows, columns=cols)
 

@@ -1,0 +1,183 @@
+"""Out-of-core heads: features streamed from the Zarr cache in row batches through dask.
+
+The fit stage switches to this path when a task's features, as float32, exceed the memory budget
+(config ``fit.memory_budget_mb``). Features then stay on disk as a :class:`LazyFeatures` view (one
+dask array per encoder from :func:`histofuse.cache.store.open_features`, plus row indices) and
+heads read one batch of rows at a time; targets and predictions (spots × genes) stay in memory.
+
+Differences from the in-memory heads, by design:
+
+* ``hest``: the scaler is fitted with ``partial_fit`` (the same mean and variance up to rounding),
+  the PCA is scikit-learn's :class:`~sklearn.decomposition.IncrementalPCA` fitted batch by batch
+  (an approximation of the exact PCA: same span when the batch holds the data's rank, otherwise
+  close), and the ridge is solved in closed form from the accumulated ``ZᵀZ`` and ``Zᵀy``
+  (``(ZᵀZ + αI) w = Zᵀy``, the system lsqr solves iteratively; no intercept, same α).
+* torch heads: the scaler is fitted with ``partial_fit``; each epoch visits the training rows in
+  contiguous blocks of ``batch_rows`` in a seeded random block order, shuffled within each block
+  (a block shuffle instead of a full permutation). Steps per epoch, optimiser and schedule are
+  unchanged.
+* ``ridge`` and ``hest-alphacv`` do not stream and say so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from histofuse.errors import HistofuseError
+
+BYTES_PER_VALUE = 4  # features are used as float32
+BATCH_SHARE = 64  # one batch of rows takes at most 1/64 of the budget
+MIN_BATCH_ROWS = 64  # fewer rows per read cost more in per-read overhead than they save
+
+
+@dataclass
+class LazyFeatures:
+    """Rows of a feature set that stay in the cache until read.
+
+    Attributes:
+        arrays: One dask array (tiles, width) per encoder, in the feature set's order.
+        rows: One int64 row index per encoder (same length): row ``i`` of the view is row
+            ``rows[e][i]`` of ``arrays[e]``.
+    """
+
+    arrays: Sequence[Any]
+    rows: Sequence[np.ndarray]
+
+    @property
+    def widths(self) -> list[int]:
+        """Feature width of each encoder."""
+        return [int(a.shape[1]) for a in self.arrays]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, total width)."""
+        return len(self.rows[0]), sum(self.widths)
+
+    def __len__(self) -> int:
+        return len(self.rows[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the view as an in-memory float32 matrix."""
+        n, d = self.shape
+        return n * d * BYTES_PER_VALUE
+
+    def __getitem__(self, sel: np.ndarray | slice) -> LazyFeatures:
+        """A sub-view (no data is read)."""
+        return LazyFeatures(self.arrays, [np.asarray(r[sel], dtype=np.int64) for r in self.rows])
+
+    def read(self, sel: np.ndarray | slice | None = None) -> np.ndarray:
+        """Reads rows of the view (all when ``sel`` is None) as float32 (rows, total width).
+
+        Each encoder's rows are read in ascending order (dask then touches each cache chunk once)
+        with the synchronous scheduler, so at most one chunk is decoded at a time.
+        """
+        n = len(self) if sel is None else len(np.arange(len(self))[sel])
+        out = np.empty((n, self.shape[1]), dtype=np.float32)
+        col = 0
+        for arr, rows in zip(self.arrays, self.rows, strict=True):
+            want = rows if sel is None else rows[sel]
+            order = np.argsort(want, kind="stable")
+            block = arr[want[order]].compute(scheduler="synchronous")
+            out[order, col : col + arr.shape[1]] = block
+            col += arr.shape[1]
+        return out
+
+    def batches(self, batch_rows: int, min_rows: int = 1) -> Iterator[np.ndarray]:
+        """Yields the view in consecutive row batches (a short tail joins the previous batch)."""
+        for start, stop in batch_bounds(len(self), batch_rows, min_rows):
+            yield self.read(slice(start, stop))
+
+
+def batch_bounds(n: int, batch_rows: int, min_rows: int = 1) -> list[tuple[int, int]]:
+    """Consecutive ``[start, stop)`` bounds of about ``batch_rows``; none shorter than ``min_rows``.
+
+    A tail shorter than ``min_rows`` is merged into the previous batch.
+    """
+    batch_rows = max(int(batch_rows), int(min_rows), 1)
+    bounds = [(s, min(s + batch_rows, n)) for s in range(0, n, batch_rows)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < min_rows:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
+def batch_rows_for(budget_mb: float, width: int) -> int:
+    """Rows per streamed batch: at most 1/64 of the budget as float32, and at least 64 rows."""
+    return max(MIN_BATCH_ROWS, int(budget_mb * 2**20 / BATCH_SHARE / (width * BYTES_PER_VALUE)))
+
+
+def limit_malloc_arenas() -> None:
+    """Lets glibc keep one malloc arena (as ``MALLOC_ARENA_MAX=1``) for the rest of the process.
+
+    The cache reader decodes chunks on its own I/O thread; with glibc's default of one arena per
+    thread, freed chunk buffers stay mapped there and resident memory creeps well past what is in
+    use. Call before the first read. A no-op where libc has no ``mallopt`` (not glibc).
+    """
+    import ctypes
+    import ctypes.util
+
+    m_arena_max = -8
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(m_arena_max, 1)
+
+
+def exceeds_budget(n_rows: int, width: int, budget_mb: float | None) -> bool:
+    """True if ``n_rows × width`` float32 features do not fit in ``budget_mb`` MiB."""
+    return budget_mb is not None and n_rows * width * BYTES_PER_VALUE > budget_mb * 2**20
+
+
+def fit_predict(
+    est: Any,
+    x: np.ndarray | LazyFeatures,
+    y: np.ndarray,
+    train: np.ndarray,
+    test: np.ndarray,
+    batch_rows: int | None = None,
+) -> np.ndarray:
+    """Fits ``est`` on the training rows and predicts the test rows, in memory or streamed.
+
+    Args:
+        est: A head from :func:`histofuse.heads.probes.make_head`.
+        x: Features in memory, or a :class:`LazyFeatures` view to stream.
+        y: Targets of all rows (in memory).
+        train: Training rows.
+        test: Test rows.
+        batch_rows: Rows per streamed batch (streaming only).
+
+    Returns:
+        Predictions (test rows, genes).
+
+    Raises:
+        HistofuseError: If ``x`` is streamed and the head cannot stream.
+    """
+    if not isinstance(x, LazyFeatures):
+        est.fit(x[train], y[train])
+        return np.asarray(est.predict(x[test])).reshape(len(test), -1)
+    if getattr(est, "fit_stream", None) is None:
+        raise HistofuseError(
+            f"head {type(est).__name__} cannot stream features larger than "
+            "`fit.memory_budget_mb`; use the `hest` probe or a torch head, or raise the budget"
+        )
+    rows = batch_rows or len(x)
+    est.fit_stream(x[train], y[train], rows)
+    view = x[test]
+    parts = [
+        np.asarray(est.predict(view.read(slice(s, e)))).reshape(e - s, -1)
+        for s, e in batch_bounds(len(view), rows)
+    ]
+    return np.concatenate(parts, axis=0)
+
+
+def partial_scaler(x: LazyFeatures, batch_rows: int) -> Any:
+    """A :class:`~sklearn.preprocessing.StandardScaler` fitted batch by batch on ``x``."""
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler()
+    for batch in x.batches(batch_rows):
+        scaler.partial_fit(batch)
+    return scaler

@@ -13,6 +13,8 @@ include: "workflow/rules/demo.smk"
 include: "workflow/rules/tile.smk"
 include: "workflow/rules/embed.smk"
 include: "workflow/rules/fit.smk"
+include: "workflow/rules/peka_common.smk"
+include: "workflow/rules/peka.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -162,7 +162,9 @@ def vit_store(small_tiles, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("name", ["peka:tiny-vit", "image+peka:tiny-vit", "teacher", "hra:tiny-vit"])
+@pytest.mark.parametrize(
+    "name", ["peka:tiny-vit", "image+peka:tiny-vit", "teacher", "hra:tiny-vit"]
+)
 def test_peka_task_writes_report_rows(name, vit_store, small_cohort, tmp_path):
     m = peka_task(
         "t", TASK, small_cohort, name, "hest", {}, FAST,
@@ -228,3 +230,22 @@ def test_tail_mode_reads_only_the_token_cache(tmp_path):
         translate = 192 * 64 + 64 + 64 * t + t
         assert f["trainable_params"] == 2 * 32 * 576 + translate
     assert all(len(f["loss"]) == 3 for f in folds.values())
+
+
+def test_report_never_takes_a_learned_row_as_reference_or_fusion():
+    from histofuse.report.tables import best_singles, relative_gains
+
+    summary = pd.DataFrame(
+        {
+            "task": "t",
+            "head": "hest",
+            "protocol": "hest-pooled",
+            "features": ["a", "b", "a+b", "teacher", "peka:a", "image+peka:a"],
+            "pearson_mean": [0.3, 0.4, 0.45, 0.9, 0.5, 0.35],
+        }
+    )
+    best = best_singles(summary)
+    assert list(best["reference"]) == ["b"]
+    gains = relative_gains(summary)
+    assert list(gains["features"]) == ["a+b"]
+    assert gains["best_single"].tolist() == ["b"]

@@ -74,8 +74,10 @@ def test_dry_run_plans_the_demo(tmp_path):
         "demo_cohort": 1,
         "embed": 2,
         "fit": 13,
+        "peka": 4,  # peka, peka-tail, image+peka on tiny-vit, and the teacher
         "report": 1,
         "tile": 6,
+        "tokens": 1,
     }
     assert not (tmp_path / "results").exists()
 
@@ -128,7 +130,19 @@ def test_demo_end_to_end_report(demo_run):
         "n_genes",
     ):
         assert col in summary.columns
-    assert sorted(set(summary["features"])) == ["tiny-cnn", "tiny-cnn+tiny-vit", "tiny-vit"]
+    assert sorted(set(summary["features"])) == [
+        "image+peka:tiny-vit",
+        "peka-tail:tiny-vit",
+        "peka:tiny-vit",
+        "teacher",
+        "tiny-cnn",
+        "tiny-cnn+tiny-vit",
+        "tiny-vit",
+    ]
+    pooled = summary[summary["protocol"] == "hest-pooled"].set_index(["features", "head"])
+    # the teacher sees expression itself: the upper bound of every image row
+    assert pooled["pearson_mean"].idxmax() == ("teacher", "hest")
+    assert pooled.loc[("peka:tiny-vit", "hest"), "reference"] == "tiny-vit"
     fused = summary[summary["features"] == "tiny-cnn+tiny-vit"]
     assert {"concat", "self-attn-released", "token-attn", "gated"} <= set(fused["head"])
     assert set(summary[summary["features"] == "tiny-vit"]["head"]) == {"hest", "linear"}
@@ -155,7 +169,7 @@ def test_head_change_reruns_only_heads(demo_run, tmp_path):
     work = demo_run[0]
     cfg = write_config(tmp_path / "c.yaml", **{"heads.hest": {"n_components": 32}})
     counts = job_counts(snakemake(work, "-n", config=cfg).stdout)
-    assert counts == {"all": 1, "fit": 3, "report": 1}
+    assert counts == {"all": 1, "fit": 3, "peka": 4, "report": 1}  # PEKA rows use hest too
 
 
 @pytest.mark.slow
@@ -182,7 +196,10 @@ def test_added_slides_schedule_only_new_shards(demo_run, tmp_path):
     cfg = write_config(tmp_path / "c.yaml", **{"demo.patients": 4})
     proc = snakemake(work, "-n", config=cfg)
     counts = job_counts(proc.stdout)
-    assert counts == {"all": 1, "demo_cohort": 1, "tile": 2, "embed": 2, "fit": 13, "report": 1}
+    assert counts == {
+        "all": 1, "demo_cohort": 1, "tile": 2, "embed": 2, "tokens": 1, "fit": 13, "peka": 4,
+        "report": 1,
+    }  # fmt: skip
     assert "results/features/tiny-vit/0001.zarr" in proc.stdout
 
 
@@ -250,7 +267,7 @@ def test_weights_and_pooling_changes_recompute_only_affected_stores(demo_run, tm
         encoders=["tiny-vit-mean", "tiny-cnn"],
         weights={"tiny-cnn": str(weights)},
         heads={"hest": {}},
-        **{"feature_sets.concat": [["tiny-vit-mean", "tiny-cnn"]]},
+        **{"feature_sets.concat": [["tiny-vit-mean", "tiny-cnn"]], "peka.encoders": []},
     )
     assert job_counts(snakemake(work, "-n", config=cfg2).stdout) == {
         "all": 1,

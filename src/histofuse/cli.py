@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--blocks", type=int, default=1, help="k: the last k blocks are adapted")
     s.add_argument("--weights", default=None)
     s.add_argument("--batch-size", type=int, default=64)
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--device", default="auto")
     s.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     s.set_defaults(func=_tokens)
 

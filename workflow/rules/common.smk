@@ -84,6 +84,7 @@ def head_params(wildcards):
 
 def all_metrics(wildcards=None):
     from histofuse.heads.names import FUSION_HEADS
+    from histofuse.peka.workflow import metrics_files as peka_metrics
 
     return [
         f"results/metrics/{task}/{features}/{head}.parquet"
@@ -91,7 +92,7 @@ def all_metrics(wildcards=None):
         for features in PLAN.feature_sets
         for head in config["heads"]
         if head not in FUSION_HEADS or len(PLAN.feature_sets[features]) > 1
-    ]
+    ] + peka_metrics(config)
 
 
 def parent_of_first_output(wildcards, output):

@@ -54,7 +54,7 @@ def embed_tokens(
         blocks: k, the number of final blocks that tail mode adapts.
         weights: Weights file overriding the spec's default.
         batch_size: Tiles per forward pass.
-        device: ``cpu`` or ``cuda[:N]``.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
         dtype: Token dtype on disk.
 
     Returns:
@@ -73,6 +73,8 @@ def embed_tokens(
     from histofuse.slides.tiling import read_tiles
 
     t0 = time.perf_counter()
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     model = create_encoder(encoder, weights=weights, device=device)
     check_vit(model, blocks)
     start = len(model.trunk.blocks) - blocks

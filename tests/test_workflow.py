@@ -74,7 +74,7 @@ def test_dry_run_plans_the_demo(tmp_path):
         "demo_cohort": 1,
         "embed": 2,
         "fit": 13,
-        "peka": 4,  # peka, peka-tail, image+peka on tiny-vit, and the teacher
+        "peka": 3,  # peka and peka-tail on tiny-vit, and the teacher
         "report": 1,
         "tile": 6,
         "tokens": 1,
@@ -131,7 +131,6 @@ def test_demo_end_to_end_report(demo_run):
     ):
         assert col in summary.columns
     assert sorted(set(summary["features"])) == [
-        "image+peka:tiny-vit",
         "peka-tail:tiny-vit",
         "peka:tiny-vit",
         "teacher",
@@ -169,7 +168,7 @@ def test_head_change_reruns_only_heads(demo_run, tmp_path):
     work = demo_run[0]
     cfg = write_config(tmp_path / "c.yaml", **{"heads.hest": {"n_components": 32}})
     counts = job_counts(snakemake(work, "-n", config=cfg).stdout)
-    assert counts == {"all": 1, "fit": 3, "peka": 4, "report": 1}  # PEKA rows use hest too
+    assert counts == {"all": 1, "fit": 3, "peka": 3, "report": 1}  # PEKA rows use hest too
 
 
 @pytest.mark.slow
@@ -197,7 +196,7 @@ def test_added_slides_schedule_only_new_shards(demo_run, tmp_path):
     proc = snakemake(work, "-n", config=cfg)
     counts = job_counts(proc.stdout)
     assert counts == {
-        "all": 1, "demo_cohort": 1, "tile": 2, "embed": 2, "tokens": 1, "fit": 13, "peka": 4,
+        "all": 1, "demo_cohort": 1, "tile": 2, "embed": 2, "tokens": 1, "fit": 13, "peka": 3,
         "report": 1,
     }  # fmt: skip
     assert "results/features/tiny-vit/0001.zarr" in proc.stdout

@@ -19,6 +19,8 @@ rule tokens:
     threads: config["embed"]["threads"]
     resources:
         gpu=config["embed"]["gpu"],
+    benchmark:
+        "logs/benchmark/tokens/{encoder}/{shard}.tsv"
     log:
         "logs/tokens/{encoder}/{shard}.log",
     conda:

@@ -15,6 +15,8 @@ include: "workflow/rules/embed.smk"
 include: "workflow/rules/fit.smk"
 include: "workflow/rules/bulk_common.smk"
 include: "workflow/rules/bulk.smk"
+include: "workflow/rules/peka_common.smk"
+include: "workflow/rules/peka.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -12,6 +12,22 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+def sheet_task_config() -> dict:
+    """The demo config reduced to the sample sheet's spot task.
+
+    Workflow tests that are about one stage (faults, shards, SLURM) drop the demo's HEST-Bench,
+    bulk and PEKA jobs so that they run only the jobs they check.
+    """
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    cfg["tasks"].pop("demo-bench", None)
+    cfg["demo"]["hest_bench"] = False
+    cfg["bulk"] = {}
+    cfg["peka"]["encoders"] = []
+    return cfg
+
+
 @pytest.fixture(scope="session")
 def small_cohort(tmp_path_factory) -> Path:
     """A 4-slide, 2-patient cohort of 800 × 600 µm slides; returns the sample sheet."""

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import sheet_task_config
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -21,7 +22,7 @@ FIT = "results/metrics/demo-spots/tiny-vit/linear.parquet"
 
 def _config(path: Path) -> Path:
     """A small demo: two one-slide patients, one encoder, one trained head slow enough to kill."""
-    cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    cfg = sheet_task_config()
     cfg["demo"].update(patients=2, slides_per_patient=1, genes=30)
     cfg["encoders"] = ["tiny-vit"]
     cfg["feature_sets"] = {"singles": True}

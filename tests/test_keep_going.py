@@ -11,6 +11,7 @@ import anndata
 import pandas as pd
 import pytest
 import yaml
+from conftest import sheet_task_config
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -18,7 +19,7 @@ BIN = Path(sys.executable).parent
 
 def _config(path: Path, on_error: str) -> Path:
     """Four one-slide patients, one encoder, the HEST probe."""
-    cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    cfg = sheet_task_config()
     cfg["demo"].update(patients=4, slides_per_patient=1, genes=30)
     cfg["encoders"] = ["tiny-vit"]
     cfg["feature_sets"] = {"singles": True}

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_workflow import REPO, job_counts, snakemake
+from conftest import sheet_task_config
+from test_workflow import job_counts, snakemake
 
 pytestmark = pytest.mark.slow
 
 
 def sharded_config(path: Path, **changes) -> Path:
-    cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    cfg = sheet_task_config()
     cfg["tiling"]["jobs"] = "shard"
     cfg["embed"]["shard_size"] = 2
     cfg["encoders"] = ["tiny-cnn"]

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import sheet_task_config
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO.parent / "shared" / "slurm" / "local-slurm.sh"
@@ -49,15 +50,12 @@ def slurm():
 
 
 def test_demo_runs_through_slurm(slurm, tmp_path):
-    cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    cfg = sheet_task_config()
     cfg["demo"].update(patients=2, slides_per_patient=1)
     cfg["encoders"] = ["tiny-cnn"]
     cfg["feature_sets"]["concat"] = []
     cfg["heads"] = {"hest": {}}
-    cfg["bulk"] = {}
     cfg["tasks"]["demo-spots"]["split"]["n_folds"] = 2
-    cfg["tasks"].pop("demo-bench")  # the sheet's task only: six SLURM jobs
-    cfg["demo"]["hest_bench"] = False
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}

@@ -77,8 +77,10 @@ def test_dry_run_plans_the_demo(tmp_path):
         "demo_cohort": 1,
         "embed": 4,
         "fit": 16,
+        "peka": 3,  # peka and peka-tail on tiny-vit, and the teacher
         "report": 1,
         "tile": 9,
+        "tokens": 1,
     }
     assert not (tmp_path / "results").exists()
 
@@ -131,8 +133,19 @@ def test_demo_end_to_end_report(demo_run):
         "n_genes",
     ):
         assert col in summary.columns
-    assert sorted(set(summary["features"])) == ["tiny-cnn", "tiny-cnn+tiny-vit", "tiny-vit"]
+    assert sorted(set(summary["features"])) == [
+        "peka-tail:tiny-vit",
+        "peka:tiny-vit",
+        "teacher",
+        "tiny-cnn",
+        "tiny-cnn+tiny-vit",
+        "tiny-vit",
+    ]
     summary = summary[summary["task"] == "demo-spots"]
+    pooled = summary[summary["protocol"] == "hest-pooled"].set_index(["features", "head"])
+    # the teacher sees expression itself: the upper bound of every image row
+    assert pooled["pearson_mean"].idxmax() == ("teacher", "hest")
+    assert pooled.loc[("peka:tiny-vit", "hest"), "reference"] == "tiny-vit"
     fused = summary[summary["features"] == "tiny-cnn+tiny-vit"]
     assert {"concat", "self-attn-released", "token-attn", "gated"} <= set(fused["head"])
     assert set(summary[summary["features"] == "tiny-vit"]["head"]) == {"hest", "linear"}
@@ -182,7 +195,12 @@ def test_head_change_reruns_only_heads(demo_run, tmp_path):
     work = demo_run[0]
     cfg = write_config(tmp_path / "c.yaml", **{"heads.hest": {"n_components": 32}})
     counts = job_counts(snakemake(work, "-n", config=cfg).stdout)
-    assert counts == {"all": 1, "fit": 6, "report": 1}  # 3 feature sets × 2 tasks
+    assert counts == {
+        "all": 1,
+        "fit": 6,
+        "peka": 3,
+        "report": 1,
+    }  # 3 feature sets × 2 tasks; PEKA rows use hest too
 
 
 @pytest.mark.slow
@@ -213,7 +231,8 @@ def test_added_slides_schedule_only_new_shards(demo_run, tmp_path):
     counts = job_counts(proc.stdout)
     # P4-S1, P4-S2 and the HEST-Bench P4-S1: new shards 0002 (sheet) and 0003 (HEST-Bench)
     assert counts == {
-        "all": 1, "demo_cohort": 1, "tile": 3, "embed": 4, "fit": 16, "bulk_fit": 6, "report": 1
+        "all": 1, "demo_cohort": 1, "tile": 3, "embed": 4, "tokens": 1, "fit": 16, "peka": 3,
+        "bulk_fit": 6, "report": 1,
     }  # fmt: skip
     assert "results/features/tiny-vit/0002.zarr" in proc.stdout
     assert "results/features/tiny-vit/0003.zarr" in proc.stdout
@@ -286,7 +305,7 @@ def test_weights_and_pooling_changes_recompute_only_affected_stores(demo_run, tm
         weights={"tiny-cnn": str(weights)},
         heads={"hest": {}},
         bulk={},
-        **{"feature_sets.concat": [["tiny-vit-mean", "tiny-cnn"]]},
+        **{"feature_sets.concat": [["tiny-vit-mean", "tiny-cnn"]], "peka.encoders": []},
     )
     assert job_counts(snakemake(work, "-n", config=cfg2).stdout) == {
         "all": 1,

@@ -278,6 +278,39 @@ def _encoders(args: argparse.Namespace) -> None:
         )
 
 
+def _tokens(args: argparse.Namespace) -> None:
+    from histofuse.peka.tokens import embed_tokens
+
+    embed_tokens(
+        args.tiles,
+        args.encoder,
+        args.out,
+        blocks=args.blocks,
+        weights=args.weights,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+    )
+
+
+def _peka(args: argparse.Namespace) -> None:
+    from histofuse.peka.run import peka_task
+
+    peka_task(
+        args.task,
+        json.loads(args.task_json),
+        args.samples,
+        args.features,
+        args.head,
+        json.loads(args.head_params),
+        json.loads(args.peka),
+        args.metrics,
+        args.predictions,
+        stores=args.stores or (),
+        token_stores=args.token_stores or (),
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Returns the argument parser of the ``histofuse`` command."""
     p = argparse.ArgumentParser(prog="histofuse", description=__doc__.splitlines()[0])
@@ -398,6 +431,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="count parameters from the built architecture (meta device; always on with --json)",
     )
     s.set_defaults(func=_encoders)
+
+    s = sub.add_parser("tokens", help="cache the tokens entering a ViT's last blocks (PEKA tail)")
+    s.add_argument("--encoder", required=True)
+    s.add_argument("--tiles", nargs="+", required=True)
+    s.add_argument("--out", required=True, help="store path (.zarr)")
+    s.add_argument("--blocks", type=int, default=1, help="k: the last k blocks are adapted")
+    s.add_argument("--weights", default=None)
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    s.set_defaults(func=_tokens)
+
+    s = sub.add_parser("peka", help="train PEKA adapters per fold and fit one head on them")
+    s.add_argument("--task", required=True)
+    s.add_argument("--task-json", required=True)
+    s.add_argument("--samples", required=True, help="sample sheet")
+    s.add_argument("--features", required=True, help="e.g. peka:uni, peka-tail:uni, teacher")
+    s.add_argument("--stores", nargs="*", help="feature stores of the encoder")
+    s.add_argument("--token-stores", nargs="*", help="token stores of the encoder (tail modes)")
+    s.add_argument("--head", required=True)
+    s.add_argument("--head-params", default="{}")
+    s.add_argument("--peka", default="{}", help="the `peka` config section as JSON")
+    s.add_argument("--metrics", required=True)
+    s.add_argument("--predictions", required=True)
+    s.set_defaults(func=_peka)
     return p
 
 

@@ -103,6 +103,7 @@ def fit_memory_flag(wildcards):
 
 def all_metrics(wildcards=None):
     from histofuse.heads.names import FUSION_HEADS
+    from histofuse.peka.workflow import metrics_files as peka_metrics
 
     return [
         f"results/metrics/{task}/{features}/{head}.parquet"
@@ -111,7 +112,7 @@ def all_metrics(wildcards=None):
         for head in config["heads"]
         if head not in FUSION_HEADS or len(PLAN.feature_sets[features]) > 1
         if head in (config["tasks"][task].get("heads") or config["heads"])
-    ]
+    ] + peka_metrics(config)
 
 
 def parent_of_first_output(wildcards, output):

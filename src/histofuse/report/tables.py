@@ -95,6 +95,21 @@ def family_keys(frame: pd.DataFrame) -> list[str]:
     return [k for k in keys_of(frame) if k != "features"]
 
 
+def is_learned(features: str) -> bool:
+    """Whether a feature set is learned (PEKA: ``teacher``, ``<mode>:<encoder>``).
+
+    Such rows are neither single encoders nor concatenations: never a reference, never fused.
+    """
+    return features == "teacher" or ":" in features
+
+
+def _encoder_rows(frame: pd.DataFrame, multi: bool) -> pd.DataFrame:
+    """Single-encoder (``multi=False``) or concatenated-encoder rows, learned sets left out."""
+    plus = frame["features"].str.contains("+", regex=False)
+    learned = frame["features"].map(is_learned).astype(bool)
+    return frame[(plus if multi else ~plus) & ~learned]
+
+
 def single_encoders(features: str) -> list[str]:
     """The encoders of a feature set name (``a+b`` → ``[a, b]``)."""
     return features.split("+")
@@ -118,7 +133,7 @@ def gene_scores(metrics: pd.DataFrame) -> pd.DataFrame:
 def best_singles(summary: pd.DataFrame) -> pd.DataFrame:
     """The best single-encoder row of each family: family keys + ``reference``."""
     fam = family_keys(summary)
-    singles = summary[~summary["features"].str.contains("+", regex=False)]
+    singles = _encoder_rows(summary, multi=False)
     singles = singles.dropna(subset=["pearson_mean"])
     if singles.empty:
         return pd.DataFrame(columns=[*fam, "reference", "reference_pearson"])
@@ -212,12 +227,13 @@ def relative_gains(summary: pd.DataFrame) -> pd.DataFrame:
     keys = keys_of(summary)
     fam = family_keys(summary)
     rows = []
-    is_multi = summary["features"].str.contains("+", regex=False)
-    for rec in summary[is_multi].to_dict("records"):
-        same = summary[~is_multi]
+    multi = _encoder_rows(summary, multi=True)
+    for rec in multi.to_dict("records"):
+        same = summary
         for k in fam:
             if k != "head":
                 same = same[same[k] == rec[k]]
+        same = _encoder_rows(same, multi=False)
         encoders = single_encoders(rec["features"])
         heads = list(dict.fromkeys([rec["head"], "linear", "hest"])) if "head" in fam else [None]
         for head in heads:

@@ -1,0 +1,65 @@
+# PEKA: the token cache of tail mode (once per encoder and shard), then one job per
+# (task, PEKA feature set, head) that trains the adapters per fold on the caches and fits the head.
+# Adapter hyperparameters are params of `peka` only: changing them never reruns embed or tokens.
+# Helpers: workflow/rules/peka_common.smk.
+rule tokens:
+    input:
+        tiles=shard_tiles,
+        weights=weights_input,
+    output:
+        store=directory("results/tokens/{encoder}/{shard}.zarr"),
+        manifest="results/tokens/{encoder}/{shard}.manifest.json",
+    params:
+        key=tokens_key,
+        weights=weights_flag,
+        blocks=config["peka"]["tail_blocks"],
+        dtype=config["peka"]["tokens_dtype"],
+        batch_size=config["embed"]["batch_size"],
+        device=config["embed"]["device"],
+    threads: config["embed"]["threads"]
+    resources:
+        gpu=config["embed"]["gpu"],
+    benchmark:
+        "logs/benchmark/tokens/{encoder}/{shard}.tsv"
+    log:
+        "logs/tokens/{encoder}/{shard}.log",
+    conda:
+        "../../envs/histofuse.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} histofuse tokens --encoder {wildcards.encoder}"
+        " --tiles {input.tiles:q} --out {output.store:q} --blocks {params.blocks} {params.weights}"
+        " --batch-size {params.batch_size} --device {params.device} --dtype {params.dtype}"
+        " > {log:q} 2>&1"
+
+
+rule peka:
+    input:
+        sheet=config["samples"],
+        manifests=peka_manifests,
+    output:
+        metrics="results/metrics/{task}/{pfeatures}/{head}.parquet",
+        predictions="results/predictions/{task}/{pfeatures}/{head}.parquet",
+    wildcard_constraints:
+        pfeatures=peka_plan.FEATURES_PATTERN,
+    params:
+        stores=peka_stores,
+        token_stores=peka_token_stores,
+        task=task_json,
+        head=head_params,
+        peka=peka_json,
+    benchmark:
+        "logs/benchmark/peka/{task}/{pfeatures}/{head}.tsv"
+    log:
+        "logs/peka/{task}/{pfeatures}/{head}.log",
+    conda:
+        "../../envs/histofuse.yaml"
+    shell:
+        "OMP_NUM_THREADS=1 histofuse peka --task {wildcards.task} --task-json {params.task:q}"
+        " --samples {input.sheet:q} --features {wildcards.pfeatures:q}"
+        " --stores {params.stores:q} --token-stores {params.token_stores:q}"
+        " --head {wildcards.head} --head-params {params.head:q} --peka {params.peka:q}"
+        " --metrics {output.metrics:q} --predictions {output.predictions:q} > {log:q} 2>&1"
+
+
+# `teacher` also fits the generic feature-set pattern of `fit`; it is a PEKA row.
+ruleorder: peka > fit

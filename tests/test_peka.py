@@ -153,6 +153,24 @@ def test_feature_set_names():
         parse_features_name("bone:uni")
 
 
+def test_peka_jobs_cover_sheet_tasks_and_refuse_hest_bench_folders():
+    from histofuse.peka.workflow import metrics_files
+
+    config = {
+        "encoders": ["tiny-vit"],
+        "heads": {"hest": {}},
+        "tasks": {"spots": {}, "bench": {"hest_bench": "hest-bench"}},
+        "peka": {"encoders": ["tiny-vit"], "modes": ["peka"], "heads": ["hest"]},
+    }
+    assert metrics_files(config) == ["results/metrics/spots/peka:tiny-vit/hest.parquet"]
+    config["peka"]["tasks"] = ["bench"]
+    with pytest.raises(HistofuseError, match=r"HEST-Bench task\(s\) \['bench'\]"):
+        metrics_files(config)
+    config["peka"]["tasks"] = ["nope"]
+    with pytest.raises(HistofuseError, match="peka.tasks` names \\['nope'\\]"):
+        metrics_files(config)
+
+
 @pytest.fixture(scope="module")
 def vit_store(small_tiles, tmp_path_factory):
     from histofuse.embed import embed_shard

@@ -127,7 +127,6 @@ def fit_task(
         The per-(seed, fold, protocol, sample, gene) metrics table that was written.
     """
     from histofuse.data.expression import read_counts, transform_counts
-    from histofuse.evaluation.metrics import per_gene_metrics
     from histofuse.evaluation.splits import task_splits
     from histofuse.heads.probes import make_head
     from histofuse.heads.streaming import batch_rows_for, fit_predict, limit_malloc_arenas
@@ -223,49 +222,10 @@ def fit_task(
             if "blocks" in est.get_params():
                 est.set_params(blocks=widths)
             pred = fit_predict(est, x, y, train, test, batch_rows)
-            for protocol, unit in _units(sample_ids[test]):
-                m = per_gene_metrics(y[test][unit], pred[unit], genes)
-                m.insert(
-                    0, "sample", "" if protocol == "hest-pooled" else sample_ids[test][unit][0]
-                )
-                m.insert(0, "protocol", protocol)
-                m.insert(0, "fold", fold)
-                m.insert(0, "seed", seed)
-                metrics.append(m)
-            p = index.iloc[test][["sample", "barcode"]].reset_index(drop=True)
-            p.insert(0, "fold", fold)
-            p.insert(0, "seed", seed)
-            predictions.append(
-                pd.concat(
-                    [
-                        p,
-                        pd.DataFrame(pred, columns=[f"pred:{g}" for g in genes]),
-                        pd.DataFrame(y[test], columns=[f"true:{g}" for g in genes]),
-                    ],
-                    axis=1,
-                )
-            )
-    out = pd.concat(metrics, ignore_index=True)
-    for col, val in (("task", task_name), ("features", features_name), ("head", head)):
-        out.insert(0, col, val)
-    out = out[
-        [
-            "task",
-            "features",
-            "head",
-            "protocol",
-            "fold",
-            "seed",
-            "sample",
-            "gene",
-            "pearson",
-            "spearman",
-            "mse",
-            "constant",
-            "n",
-        ]
-    ]
-    out.attrs = {}
+            fold_metrics, fold_pred = score_fold(y[test], pred, genes, index.iloc[test], seed, fold)
+            metrics.append(fold_metrics)
+            predictions.append(fold_pred)
+    out = metrics_table(metrics, task_name, features_name, head)
     _write_parquet(
         out,
         metrics_out,
@@ -306,6 +266,72 @@ def recorded_failures(stores: Sequence[str | Path], samples: list[str]) -> dict[
         for sample, reason in read_provenance(store).get("failed_samples", {}).items():
             if sample in samples:
                 out[sample] = f"not tiled: {reason}"
+    return out
+
+
+METRICS_COLUMNS = [
+    "task", "features", "head", "protocol", "fold", "seed", "sample", "gene",
+    "pearson", "spearman", "mse", "constant", "n",
+]  # fmt: skip
+"""Columns of a metrics file, one row per (seed, fold, protocol, sample, gene)."""
+
+
+def score_fold(
+    y_test: np.ndarray,
+    pred: np.ndarray,
+    genes: list[str],
+    test_index: pd.DataFrame,
+    seed: int,
+    fold: int,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Scores one fold's test predictions under both protocols.
+
+    Args:
+        y_test: Targets of the test spots (N, genes).
+        pred: Predictions (N, genes).
+        genes: Gene names of the columns.
+        test_index: ``sample`` and ``barcode`` of the test spots.
+        seed: Split seed.
+        fold: Fold number.
+
+    Returns:
+        Per-gene metrics (``hest-pooled`` over all test spots, ``per-sample`` per test sample)
+        and the predictions table (``seed, fold, sample, barcode, pred:*, true:*``).
+    """
+    from histofuse.evaluation.metrics import per_gene_metrics
+
+    sample_ids = test_index["sample"].to_numpy()
+    metrics = []
+    for protocol, unit in _units(sample_ids):
+        m = per_gene_metrics(y_test[unit], pred[unit], genes)
+        m.insert(0, "sample", "" if protocol == "hest-pooled" else sample_ids[unit][0])
+        m.insert(0, "protocol", protocol)
+        m.insert(0, "fold", fold)
+        m.insert(0, "seed", seed)
+        metrics.append(m)
+    p = test_index[["sample", "barcode"]].reset_index(drop=True)
+    p.insert(0, "fold", fold)
+    p.insert(0, "seed", seed)
+    predictions = pd.concat(
+        [
+            p,
+            pd.DataFrame(pred, columns=[f"pred:{g}" for g in genes]),
+            pd.DataFrame(y_test, columns=[f"true:{g}" for g in genes]),
+        ],
+        axis=1,
+    )
+    return pd.concat(metrics, ignore_index=True), predictions
+
+
+def metrics_table(
+    metrics: list[pd.DataFrame], task_name: str, features_name: str, head: str
+) -> pd.DataFrame:
+    """Joins the folds' metrics and names the task, feature set and head of every row."""
+    out = pd.concat(metrics, ignore_index=True)
+    for col, val in (("task", task_name), ("features", features_name), ("head", head)):
+        out.insert(0, col, val)
+    out = out[METRICS_COLUMNS]
+    out.attrs = {}
     return out
 
 

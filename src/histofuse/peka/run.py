@@ -96,9 +96,15 @@ def peka_task(
     import torch
 
     from histofuse.data.expression import read_counts, transform_counts
-    from histofuse.evaluation.metrics import per_gene_metrics
     from histofuse.evaluation.splits import task_splits
-    from histofuse.fit import DEFAULT_TASK, _units, _write_parquet, load_feature_set, select_genes
+    from histofuse.fit import (
+        DEFAULT_TASK,
+        _write_parquet,
+        load_feature_set,
+        metrics_table,
+        score_fold,
+        select_genes,
+    )
     from histofuse.heads.probes import make_head
     from histofuse.peka import adapters
     from histofuse.peka.teacher import (
@@ -229,37 +235,10 @@ def peka_task(
             est = make_head(head, head_params, seed=seed)
             est.fit(x[train], y[train])
             pred = np.asarray(est.predict(x[test])).reshape(len(test), -1)
-            for protocol, unit in _units(sample_ids[test]):
-                m = per_gene_metrics(y[test][unit], pred[unit], genes)
-                m.insert(
-                    0, "sample", "" if protocol == "hest-pooled" else sample_ids[test][unit][0]
-                )
-                m.insert(0, "protocol", protocol)
-                m.insert(0, "fold", fold)
-                m.insert(0, "seed", seed)
-                metrics.append(m)
-            p = index.iloc[test][["sample", "barcode"]].reset_index(drop=True)
-            p.insert(0, "fold", fold)
-            p.insert(0, "seed", seed)
-            predictions.append(
-                pd.concat(
-                    [
-                        p,
-                        pd.DataFrame(pred, columns=[f"pred:{g}" for g in genes]),
-                        pd.DataFrame(y[test], columns=[f"true:{g}" for g in genes]),
-                    ],
-                    axis=1,
-                )
-            )
-    out = pd.concat(metrics, ignore_index=True)
-    for col, val in (("task", task_name), ("features", features_name), ("head", head)):
-        out.insert(0, col, val)
-    out = out[
-        [
-            "task", "features", "head", "protocol", "fold", "seed", "sample", "gene",
-            "pearson", "spearman", "mse", "constant", "n",
-        ]
-    ]  # fmt: skip
+            fold_metrics, fold_pred = score_fold(y[test], pred, genes, index.iloc[test], seed, fold)
+            metrics.append(fold_metrics)
+            predictions.append(fold_pred)
+    out = metrics_table(metrics, task_name, features_name, head)
     meta = {
         "encoders": [encoder] if encoder else [],
         "peka": {"mode": mode, "site": site, "method": method, "config": cfg, "folds": fold_info},

@@ -56,10 +56,17 @@ def metrics_files(config: dict[str, Any]) -> list[str]:
     """Metrics files of every PEKA job."""
     peka = config.get("peka") or {}
     heads = peka.get("heads") or []
-    tasks = peka.get("tasks") or list(config["tasks"])
+    sheet_tasks = [t for t, spec in config["tasks"].items() if not spec.get("hest_bench")]
+    tasks = peka.get("tasks") or sheet_tasks
     unknown = [t for t in tasks if t not in config["tasks"]]
     if unknown:
         raise HistofuseError(f"config `peka.tasks` names {unknown}, which are not in `tasks`")
+    bench = [t for t in tasks if t not in sheet_tasks]
+    if bench:
+        raise HistofuseError(
+            f"config `peka.tasks` names HEST-Bench task(s) {bench}; PEKA runs on sample-sheet "
+            "tasks only, so remove them from `peka.tasks`"
+        )
     return [
         f"results/metrics/{task}/{features}/{head}.parquet"
         for task in tasks

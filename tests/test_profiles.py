@@ -48,8 +48,9 @@ def test_every_cluster_job_gets_memory_time_cpus_and_a_partition(tmp_path, tilin
         for key in ("mem_mb", "runtime", "slurm_partition", "slurm_account"):
             assert res.get(key), f"{rule} has no {key}: {res}"
         assert int(res["runtime"]) > 0 and int(res["mem_mb"]) >= 1000
-        if rule == "embed":
-            # GPU jobs: one GPU each on the GPU partition, CPUs per GPU for the data loaders
+        if rule in ("embed", "tokens"):
+            # GPU jobs (features, PEKA's token cache): one GPU each on the GPU partition, CPUs
+            # per GPU for the data loaders
             assert res["gpu"] == "1" and res["slurm_partition"] == "<gpu-partition>"
             assert int(res["cpus_per_gpu"]) >= 1
         else:

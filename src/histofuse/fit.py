@@ -58,17 +58,23 @@ def load_feature_set(
     Raises:
         HistofuseError: If the encoders do not cover the same tiles.
     """
-    from histofuse.cache.store import open_features, read_provenance
-    from histofuse.heads.streaming import LazyFeatures, exceeds_budget
+    from histofuse.cache.store import READ_BLOCK_BYTES, open_features, read_provenance
+    from histofuse.heads.streaming import BATCH_SHARE, LazyFeatures, exceeds_budget
 
     by_encoder: dict[str, list[Path]] = {}
     for store in stores:
         name = read_provenance(store)["encoder"]["name"]
         by_encoder.setdefault(name, []).append(Path(store))
     encoders = sorted(by_encoder)
+    # Under a budget, rows are read in small batches, and a read decodes its whole dask block.
+    block_bytes = (
+        READ_BLOCK_BYTES
+        if memory_budget_mb is None
+        else int(memory_budget_mb * 2**20 / BATCH_SHARE)
+    )
     index, arrays, rows = None, [], []
     for name in encoders:
-        table = open_features(by_encoder[name])
+        table = open_features(by_encoder[name], block_bytes=block_bytes)
         keep = table.index["sample"].isin(samples).to_numpy()
         idx = table.index[keep].reset_index(drop=True)
         r = np.flatnonzero(keep)

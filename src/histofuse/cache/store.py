@@ -391,7 +391,11 @@ async def _open_samples(store: Path, samples: list[str]) -> tuple[Any, list[tupl
     return root, list(await asyncio.gather(*(one(s) for s in samples)))
 
 
-def open_features(stores: list[str | Path], cache_key: str | None = None) -> FeatureTable:
+def open_features(
+    stores: list[str | Path],
+    cache_key: str | None = None,
+    block_bytes: int = READ_BLOCK_BYTES,
+) -> FeatureTable:
     """Opens all shards of one encoder as one lazily concatenated dask array.
 
     The metadata of all samples is opened concurrently (from the consolidated root metadata
@@ -403,6 +407,9 @@ def open_features(stores: list[str | Path], cache_key: str | None = None) -> Fea
     Args:
         stores: Store paths of one encoder.
         cache_key: If given, every store must carry this cache key.
+        block_bytes: Largest block of the dask array (at least one storage chunk). Readers
+            that stream rows under a memory budget ask for small blocks, since reading any row
+            of a block reads all of it.
 
     Raises:
         HistofuseError: If a store is unfinished, or stores disagree on their cache key, or a
@@ -432,7 +439,7 @@ def open_features(stores: list[str | Path], cache_key: str | None = None) -> Fea
         first = first or prov
         arrays = [features for features, _, _ in opened]
         dim, dtype = arrays[0].shape[1], arrays[0].dtype
-        blocks = _blocks(arrays)
+        blocks = _blocks(arrays, block_bytes)
         if not blocks:  # only empty samples
             parts.append(da.zeros((0, dim), dtype=dtype))
         else:

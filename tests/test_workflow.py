@@ -141,14 +141,15 @@ def test_demo_end_to_end_report(demo_run):
         "tiny-cnn+tiny-vit",
         "tiny-vit",
     ]
-    summary = summary[summary["task"] == "demo-spots"]
-    pooled = summary[summary["protocol"] == "hest-pooled"].set_index(["features", "head"])
+    summary = summary[summary["task"] != "demo-bulk"]  # the spot tasks (bulk rows: below)
+    spots = summary[summary["task"] == "demo-spots"]
+    pooled = spots[spots["protocol"] == "hest-pooled"].set_index(["features", "head"])
     # the teacher sees expression itself: the upper bound of every image row
     assert pooled["pearson_mean"].idxmax() == ("teacher", "hest")
     assert pooled.loc[("peka:tiny-vit", "hest"), "reference"] == "tiny-vit"
-    fused = summary[summary["features"] == "tiny-cnn+tiny-vit"]
+    fused = spots[spots["features"] == "tiny-cnn+tiny-vit"]
     assert {"concat", "self-attn-released", "token-attn", "gated"} <= set(fused["head"])
-    assert set(summary[summary["features"] == "tiny-vit"]["head"]) == {"hest", "linear"}
+    assert set(spots[spots["features"] == "tiny-vit"]["head"]) == {"hest", "linear"}
     assert set(summary["protocol"]) == {"hest-pooled", "per-sample"}
     summary = summary[summary["protocol"] == "hest-pooled"]
     assert set(summary["task"]) == {"demo-spots", "demo-bench"}
@@ -430,7 +431,8 @@ def test_index_html_renders_tables_and_images(demo_run, tmp_path):
     for fig in ("fig-bars", "fig-heatmap", "fig-scatter", "fig-qc"):
         assert images[fig]["natural"] > 0 and images[fig]["width"] > 100, fig
         assert images[fig]["height"] > 100, fig
-    assert len(probe["images"]) == 3 + 6
+    # three figures; a QC picture per sheet slide (6) and per HEST-Bench patches file (3)
+    assert len(probe["images"]) == 3 + 6 + 3
     tables = {t["id"]: t for t in probe["tables"]}
     n_rows = len(pd.read_csv(demo_run[0] / "results/report/summary.csv"))
     assert tables["table-summary"]["rows"] == 1 + n_rows

@@ -59,7 +59,7 @@ class SlideBags:
         Raises:
             HistofuseError: If the encoders do not cover the same tiles of every slide.
         """
-        from histofuse.cache.store import open_features, read_provenance
+        from histofuse.cache.store import READ_BLOCK_BYTES, open_features, read_provenance
 
         by_encoder: dict[str, list[Path]] = {}
         for store in stores:
@@ -68,7 +68,9 @@ class SlideBags:
         encoders = sorted(by_encoder)
         arrays, blocks, ranges, ref = [], [], None, None
         for name in encoders:
-            table = open_features(by_encoder[name])
+            # reading any row of a dask block reads all of it: keep blocks within the budget
+            block_bytes = min(READ_BLOCK_BYTES, int(memory_mb * (1 << 20)) // 2)
+            table = open_features(by_encoder[name], block_bytes=block_bytes)
             samples = table.index["sample"].to_numpy()
             bounds = np.flatnonzero(np.r_[True, samples[1:] != samples[:-1], True])
             mine = {str(samples[a]): (int(a), int(b)) for a, b in itertools.pairwise(bounds)}

@@ -438,8 +438,8 @@ def test_index_html_renders_tables_and_images(demo_run, tmp_path):
     assert tables["table-summary"]["rows"] == 1 + n_rows
     assert tables["table-summary"]["height"] > 50
     assert tables["table-wide"]["rows"] >= 4
-    # per-gene tables by task name: demo-bulk (30 genes), then demo-spots (50 genes)
-    assert [tables[f"table-per-gene-{i}"]["rows"] for i in (0, 1)] == [31, 51]
+    # per-gene tables by task name: demo-bench (50 genes), demo-bulk (30), demo-spots (50)
+    assert [tables[f"table-per-gene-{i}"]["rows"] for i in (0, 1, 2)] == [51, 31, 51]
 
     shot = tmp_path / "page.png"
     proc = headless(browser, f"--screenshot={shot}", "--window-size=1280,2400", index.as_uri())

@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 import zarr
+from zarr.codecs import BytesCodec, TransposeCodec
 
 from histofuse.cache.store import (
     FeatureStoreWriter,
@@ -130,3 +131,75 @@ def test_store_metadata_is_consolidated(tmp_path):
     meta = json.loads((store / "zarr.json").read_text())
     nodes = meta["consolidated_metadata"]["metadata"]
     assert {"A/features", "A/coords", "B/barcodes"} <= set(nodes)
+
+
+def _zarr_array(root, name, data, **layout):
+    array = root.create_array(name, shape=data.shape, dtype=data.dtype, **layout)
+    array[...] = data
+    return zarr.open_group(root.store, mode="r")[name]._async_array
+
+
+@pytest.mark.parametrize(
+    ("layout", "direct"),
+    [
+        ({"chunks": (4, 3), "shards": (12, 3), "compressors": None}, True),
+        ({"chunks": (4, 3), "compressors": None}, True),
+        ({"chunks": (25, 3), "compressors": None}, True),
+        ({"chunks": (4, 3), "shards": (8, 3)}, False),  # compressed: through zarr
+        ({"chunks": (4, 1), "compressors": None}, False),  # chunks split rows
+        ({"chunks": (4, 3), "compressors": None, "filters": [TransposeCodec(order=(1, 0))]}, False),
+        ({"chunks": (4, 3), "compressors": None, "serializer": BytesCodec(endian="big")}, False),
+    ],
+)
+@pytest.mark.parametrize("dtype", ["float16", "float32", "int64"])
+def test_direct_row_reads_equal_zarr_reads(tmp_path, layout, direct, dtype):
+    """Raw layouts are read straight from the files, others through zarr; rows agree either way,
+    for every row range, with edge chunks and with chunks and shards never written (zeros)."""
+    from histofuse.cache import store as store_mod
+
+    data = np.arange(25 * 3).reshape(25, 3).astype(dtype) + 1
+    data[4:8] = 0  # a whole chunk of fill values: not written (missing in the shard index)
+    data[12:24] = 0  # a whole shard of fill values: no file at all when sharded by 12
+    array = _zarr_array(zarr.open_group(str(tmp_path / "s.zarr"), mode="w"), "f", data, **layout)
+    assert (store_mod._raw_rows(array) is not None) == direct
+    for start, stop in [(0, 25), (3, 9), (4, 8), (11, 13), (12, 24), (24, 25), (5, 5)]:
+        got = store_mod._read_block([(array, start, stop)], 3, dtype)
+        np.testing.assert_array_equal(got, data[start:stop], err_msg=f"rows {start}-{stop}")
+
+
+def test_samples_larger_than_a_shard_span_several_files(tmp_path, monkeypatch):
+    """A sample of many chunks is written as shard files of SHARD_CHUNKS chunks; a whole read,
+    the dask array and small streamed blocks all give the written rows."""
+    from histofuse.cache import store as store_mod
+
+    monkeypatch.setattr(store_mod, "CHUNK_BYTES", 5 * 8 * 2)  # 5 rows of 8 float16
+    monkeypatch.setattr(store_mod, "SHARD_CHUNKS", 3)
+    rng = np.random.default_rng(0)
+    feats = {s: rng.normal(size=(n, 8)).astype(np.float16) for s, n in [("A", 37), ("B", 4)]}
+    store = tmp_path / "s.zarr"
+    with FeatureStoreWriter(store, {"cache_key": "k"}) as w:
+        for s, f in feats.items():
+            w.add(s, f, np.zeros((len(f), 2)))
+    files = sorted(
+        p.relative_to(store).as_posix() for p in (store / "A" / "features").rglob("c/*/*")
+    )
+    assert files == ["A/features/c/0/0", "A/features/c/1/0", "A/features/c/2/0"]  # 15 rows each
+    expected = np.concatenate([feats["A"], feats["B"]])
+    np.testing.assert_array_equal(open_features([store]).load(), expected)
+    streamed = open_features([store], block_bytes=5 * 8 * 2)
+    assert len(streamed.features.chunks[0]) == 9  # 8 chunks of A, 1 of B
+    np.testing.assert_array_equal(streamed.features.compute(), expected)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "index"])
+def test_damaged_chunk_files_give_a_clear_error(tmp_path, damage):
+    store = tmp_path / "s.zarr"
+    _write(store, samples=("A",))
+    shard = store / "A" / "features" / "c" / "0" / "0"
+    raw = shard.read_bytes()
+    if damage == "truncate":  # the index survives, the rows do not
+        shard.write_bytes(raw[:10] + raw[-20:])
+    else:
+        shard.write_bytes(raw[:-1] + bytes([raw[-1] ^ 0xFF]))
+    with pytest.raises(HistofuseError, match=r"A/features/c/0/0 .*re-run its embed job"):
+        open_features([store]).load()

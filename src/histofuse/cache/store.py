@@ -4,9 +4,13 @@ Layout of ``results/features/{encoder}/{shard}.zarr`` (Zarr v3)::
 
     /                      attrs["histofuse"]: provenance (encoder spec, weights sha256, tiling
                            spec, dtype, cache key, package versions, timings, samples)
-    /{sample}/features     (N, D) float16 (default) or float32, zstd-compressed
-    /{sample}/coords       (N, 2) int64 patch centres, level-0 px (x, y)
+    /{sample}/features     (N, D) float16 (default) or float32, uncompressed: chunks of whole
+                           rows, up to 16 chunks to a shard file
+    /{sample}/coords       (N, 2) int64 patch centres, level-0 px (x, y), uncompressed
     /{sample}/barcodes     (N,) variable-length UTF-8, spot tasks
+
+A whole read of uncompressed features goes straight from the chunk files into the output
+array, one copy as with ``np.load``; other layouts (and partial chunks) are read through zarr.
 
 Every group's and array's metadata is also consolidated into the root ``zarr.json``, so a
 reader opens a store with one small file read instead of one per sample and array.
@@ -92,6 +96,12 @@ def consolidate(store: str | Path) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         zarr.consolidate_metadata(str(store))
+
+
+CHUNK_BYTES = 16 << 20
+"""Largest feature chunk (whole rows): the unit a row-streaming reader reads."""
+SHARD_CHUNKS = 16
+"""Chunks per shard file, so a sample of up to 256 MiB of features is one file."""
 
 
 class FeatureStoreWriter:
@@ -188,8 +198,6 @@ class FeatureStoreWriter:
         barcodes: np.ndarray | None = None,
     ) -> None:
         """Adds one sample's features (N, D), coords (N, 2) and optional barcodes (N,)."""
-        import zarr
-
         if sample in self.samples:
             raise ValueError(f"sample {sample!r} written twice to {self.path}")
         n = len(features)
@@ -197,20 +205,22 @@ class FeatureStoreWriter:
             raise ValueError(f"sample {sample!r}: features, coords and barcodes differ in length")
         group = self._root.create_group(sample)
         dim = features.shape[1] if features.ndim == 2 else 0
-        # Whole-array reads dominate (heads read all features of a sample), so chunks are large.
-        rows = max(1, min(n, max(1, (16 << 20) // max(1, dim * self.dtype.itemsize))))
-        codec = zarr.codecs.ZstdCodec(level=3)
+        # Whole-array reads dominate (heads read all features of a sample): chunks of whole rows
+        # of up to CHUNK_BYTES, grouped into shard files of up to SHARD_CHUNKS chunks, so a
+        # sample is one file on disk while a reader that streams rows reads single chunks.
+        rows = max(1, min(n, CHUNK_BYTES // max(1, dim * self.dtype.itemsize)))
         group.create_array(
             "features",
             shape=features.shape,
             chunks=(rows, max(dim, 1)),
+            shards=(rows * min(SHARD_CHUNKS, max(1, -(-n // rows))), max(dim, 1)),
             dtype=self.dtype,
-            # Float features barely compress (random mantissas); storing them raw makes a whole
-            # read as fast as a plain file read.
+            # Float features barely compress (random mantissas); storing them raw lets a whole
+            # read go straight from the file into the output array (see _read_rows_direct).
             compressors=None,
         )[...] = features.astype(self.dtype, copy=False)
         group.create_array(
-            "coords", shape=coords.shape, chunks=(max(1, n), 2), dtype="int64", compressors=codec
+            "coords", shape=coords.shape, chunks=(max(1, n), 2), dtype="int64", compressors=None
         )[...] = np.asarray(coords, dtype=np.int64)
         if barcodes is not None:
             group.create_array("barcodes", data=np.asarray(barcodes, dtype=np.dtypes.StringDType()))
@@ -309,19 +319,181 @@ class FeatureTable:
         return _read_block(self._pieces, self.features.shape[1], str(self.features.dtype))
 
 
+@dataclass(frozen=True)
+class _RawRows:
+    """Where the rows of an uncompressed 2-D feature array lie in its chunk files.
+
+    Attributes:
+        folder: The array's folder.
+        chunk_key: Maps chunk-grid coordinates to a file name below ``folder``.
+        file_rows: Rows per file (the shard, or the chunk where the array is not sharded).
+        chunk_rows: Rows per chunk; chunks lie in row order, each at its own offset.
+        sharded: Whether each file ends with a Zarr shard index.
+        row_bytes: Bytes per row.
+        fill_value: Value of rows whose chunk was never written.
+    """
+
+    folder: Path
+    chunk_key: Any
+    file_rows: int
+    chunk_rows: int
+    sharded: bool
+    row_bytes: int
+    fill_value: Any
+
+
+_EMPTY_CHUNK = 2**64 - 1
+
+
+def _raw_rows(array: Any) -> _RawRows | None:
+    """Returns the row layout of a local array stored as raw native-endian rows, else None.
+
+    That is a Zarr v3 array on a local store, 2-D, whose chunks span whole rows and are encoded
+    by the ``bytes`` codec alone (little-endian), optionally inside a ``sharding_indexed`` codec
+    with its default index (little-endian offsets and sizes, crc32c, at the end of the file).
+    """
+    import sys
+
+    from zarr.codecs import BytesCodec, Crc32cCodec, Endian, ShardingCodec
+    from zarr.codecs.sharding import ShardingCodecIndexLocation
+    from zarr.core.chunk_grids import RegularChunkGrid
+    from zarr.storage import LocalStore
+
+    def raw(codecs: tuple[Any, ...], *more: type) -> bool:
+        first = codecs[0] if codecs else None
+        little = isinstance(first, BytesCodec) and first.endian in (None, Endian.little)
+        return little and [type(c) for c in codecs[1:]] == list(more)
+
+    meta, store = array.metadata, array.store_path.store
+    if (
+        sys.byteorder != "little"
+        or meta.zarr_format != 3
+        or len(array.shape) != 2
+        or not isinstance(store, LocalStore)
+        or not isinstance(meta.chunk_grid, RegularChunkGrid)
+        or not array.dtype.isnative
+        or array.dtype.hasobject
+    ):
+        return None
+    (codec,) = meta.codecs if len(meta.codecs) == 1 else (None,)
+    file_rows, file_cols = meta.chunk_grid.chunk_shape
+    if isinstance(codec, ShardingCodec):
+        if not (
+            raw(codec.codecs)
+            and raw(codec.index_codecs, Crc32cCodec)
+            and codec.index_location == ShardingCodecIndexLocation.end
+        ):
+            return None
+        chunk_rows, chunk_cols = codec.chunk_shape
+    elif raw(meta.codecs):
+        chunk_rows, chunk_cols = file_rows, file_cols
+    else:
+        return None
+    if file_cols != array.shape[1] or chunk_cols != array.shape[1] or file_rows % chunk_rows:
+        return None
+    return _RawRows(
+        folder=Path(store.root) / array.store_path.path,
+        chunk_key=meta.encode_chunk_key,
+        file_rows=file_rows,
+        chunk_rows=chunk_rows,
+        sharded=isinstance(codec, ShardingCodec),
+        row_bytes=array.shape[1] * array.dtype.itemsize,
+        fill_value=meta.fill_value,
+    )
+
+
+def _read_rows_direct(layout: _RawRows, start: int, stop: int, out: np.ndarray) -> None:
+    """Reads rows ``[start, stop)`` of an array laid out as ``layout`` straight into ``out``.
+
+    Each chunk's rows are read from its file into their rows of ``out`` with one ``preadv``;
+    rows of chunks never written (all fill value) are filled.
+
+    Raises:
+        HistofuseError: If a file is shorter than its chunks or its shard index is corrupt.
+    """
+    from numcodecs import CRC32C
+
+    per_file = layout.file_rows // layout.chunk_rows
+    for number in range(start // layout.file_rows, -(-stop // layout.file_rows)):
+        first = number * layout.file_rows
+        path = layout.folder / layout.chunk_key((number, 0))
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:  # all of its chunks were fill values
+            out[max(start, first) - start : min(stop, first + layout.file_rows) - start] = (
+                layout.fill_value
+            )
+            continue
+        try:
+            if layout.sharded:
+                size = os.fstat(fd).st_size
+                index_bytes = 16 * per_file + 4
+                try:
+                    index = CRC32C().decode(os.pread(fd, index_bytes, size - index_bytes))
+                except (RuntimeError, ValueError, OSError) as err:
+                    raise HistofuseError(
+                        f"feature chunk file {path} has a corrupt shard index ({err}); "
+                        "re-run its embed job"
+                    ) from err
+                spans = np.frombuffer(index, dtype="<u8").reshape(per_file, 2).tolist()
+            else:
+                spans = [[0, _EMPTY_CHUNK - 1]]
+            for k, (offset, nbytes) in enumerate(spans):
+                row0 = first + k * layout.chunk_rows
+                a, b = max(start, row0), min(stop, row0 + layout.chunk_rows)
+                if a >= b:
+                    continue
+                rows = out[a - start : b - start]
+                if offset == _EMPTY_CHUNK:
+                    rows[...] = layout.fill_value
+                    continue
+                want = (b - a) * layout.row_bytes
+                skip = (a - row0) * layout.row_bytes
+                view = memoryview(rows.reshape(-1).view(np.uint8))
+                done = 0
+                while done < want and skip + done < nbytes:
+                    got = os.preadv(fd, [view[done:]], offset + skip + done)
+                    if got == 0:
+                        break
+                    done += got
+                if done != want:
+                    raise HistofuseError(
+                        f"feature chunk file {path} is truncated ({done} of {want} bytes of "
+                        f"rows {a}-{b}); re-run its embed job"
+                    )
+        finally:
+            os.close(fd)
+
+
+def _read_whole_direct(array: Any) -> np.ndarray | None:
+    """Reads a whole raw array (see :func:`_raw_rows`) from its files; None for other layouts."""
+    layout = _raw_rows(array)
+    if layout is None:
+        return None
+    out = np.empty(array.shape, dtype=array.dtype)
+    _read_rows_direct(layout, 0, array.shape[0], out)
+    return out
+
+
+READ_THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
+"""Threads that read the chunks of one block of raw features."""
+
 READ_BLOCK_BYTES = 256 << 20
 """Largest block of the lazy feature array: the features of consecutive samples of one store
 up to this size are read by one task, concurrently, straight into one output array."""
 
 
 def _read_block(pieces: list[tuple[Any, int, int]], dim: int, dtype: str) -> np.ndarray:
-    """Reads row ranges of several feature arrays concurrently into one (N, D) array.
+    """Reads row ranges of several feature arrays into one (N, D) array.
 
-    Each piece is ``(zarr AsyncArray, start, stop)``. All reads are awaited together in one
-    call into zarr's event loop (one hand-off between threads, not one per array), and each
-    decodes its chunks straight into its rows of the output, so no further copy is made.
+    Each piece is ``(zarr AsyncArray, start, stop)``. Raw (uncompressed) arrays are read from
+    their files straight into their rows of the output (:func:`_read_rows_direct`), one chunk
+    per task on a few threads (reads release the GIL). Others go through zarr: all are awaited
+    together in one call into zarr's event loop (one hand-off between threads, not one per
+    array), each decoding into its rows of the output.
     """
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
@@ -330,18 +502,37 @@ def _read_block(pieces: list[tuple[Any, int, int]], dim: int, dtype: str) -> np.
     out = np.empty((sum(rows), dim), dtype=dtype)
     offsets = np.concatenate([[0], np.cumsum(rows)]).astype(int).tolist()
     nd = default_buffer_prototype().nd_buffer
-    reads = [
-        array.get_orthogonal_selection(
-            (slice(start, stop), slice(None)),
-            out=nd.from_numpy_array(out[offsets[i] : offsets[i + 1]]),
-        )
-        for i, (array, start, stop) in enumerate(pieces)
-    ]
+    direct: list[tuple[_RawRows, int, int, np.ndarray]] = []
+    reads = []
+    for i, (array, start, stop) in enumerate(pieces):
+        layout = _raw_rows(array)
+        if layout is None:
+            reads.append(
+                array.get_orthogonal_selection(
+                    (slice(start, stop), slice(None)),
+                    out=nd.from_numpy_array(out[offsets[i] : offsets[i + 1]]),
+                )
+            )
+            continue
+        a = start
+        while a < stop:  # one task per chunk
+            b = min(stop, (a // layout.chunk_rows + 1) * layout.chunk_rows)
+            direct.append((layout, a, b, out[offsets[i] + a - start : offsets[i] + b - start]))
+            a = b
+    workers = min(len(direct), READ_THREADS)
+    if workers > 1:
+        with ThreadPoolExecutor(workers, thread_name_prefix="histofuse-read") as pool:
+            for _ in pool.map(lambda task: _read_rows_direct(*task), direct):
+                pass
+    else:
+        for task in direct:
+            _read_rows_direct(*task)
+    if reads:
 
-    async def gather() -> None:
-        await asyncio.gather(*reads)
+        async def gather() -> None:
+            await asyncio.gather(*reads)
 
-    sync(gather())
+        sync(gather())
     return out
 
 
@@ -386,7 +577,8 @@ async def _open_samples(store: Path, samples: list[str]) -> tuple[Any, list[tupl
         barcodes = None
         if await group.contains("barcodes"):
             barcodes = await (await group.getitem("barcodes")).getitem(...)
-        return features, await coords.getitem(...), barcodes
+        xy = _read_whole_direct(coords)  # a small local file: read in place, no thread hop
+        return features, (await coords.getitem(...)) if xy is None else xy, barcodes
 
     return root, list(await asyncio.gather(*(one(s) for s in samples)))
 

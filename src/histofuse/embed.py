@@ -181,139 +181,117 @@ def embed_shard(
     Returns:
         The store's provenance.
     """
-    from histofuse.devices import claim_device
-
-    with claim_device(device) as held:
-        return _embed_shard(
-            tiles,
-            encoder,
-            out,
-            weights,
-            batch_size,
-            num_workers,
-            held,
-            dtype,
-            compile,
-            prefetch_factor,
-        )
-
-
-def _embed_shard(
-    tiles: Sequence[str | Path],
-    encoder: str,
-    out: str | Path,
-    weights: str | Path | None = None,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    device: str = "auto",
-    dtype: str = "float16",
-    compile: bool = False,
-    prefetch_factor: int = 4,
-) -> dict[str, Any]:
-    """Embeds a shard on an already chosen device (see :func:`embed_shard`)."""
     import torch
     from torch.utils.data import ConcatDataset, DataLoader
     from tqdm import tqdm
 
     from histofuse.cache.store import FeatureStoreWriter
+    from histofuse.devices import claim_device
     from histofuse.encoders.model import create_encoder
     from histofuse.slides.reader import open_tile_source
     from histofuse.slides.tiling import read_tiles
 
-    device = resolve_device(device)
-    if device.startswith("cuda"):
-        torch.cuda.set_device(device)  # out-of-memory clean-up and kernels act on this device
-    t0 = time.perf_counter()
-    model = create_encoder(encoder, weights=weights, device=device)
-    timings = {"load_model": time.perf_counter() - t0, "read": 0.0, "forward": 0.0, "write": 0.0}
-    files = []
-    for p in map(Path, tiles):
-        files.extend(sorted(p.glob("*.parquet")) if p.is_dir() else [p])
-    tables = [(p, *read_tiles(p)) for p in files]
-    # Samples the tile step could not tile (tiling.on_error: record): no features, only the reason.
-    failed = {p.name.removesuffix(".parquet"): m["error"] for p, _, m in tables if "error" in m}
-    tables = [t for t in tables if "error" not in t[2]]
-    fingerprints = {meta["tiling_fingerprint"] for _, _, meta in tables}
-    if len(fingerprints) > 1:
-        raise HistofuseError(
-            f"tiles of one shard were cut with different tiling specs ({sorted(fingerprints)}); "
-            "re-run the tile step for all samples"
+    with claim_device(device) as device:
+        device = resolve_device(device)
+        if device.startswith("cuda"):
+            torch.cuda.set_device(device)  # out-of-memory clean-up and kernels act on this device
+        t0 = time.perf_counter()
+        model = create_encoder(encoder, weights=weights, device=device)
+        timings = {
+            "load_model": time.perf_counter() - t0,
+            "read": 0.0,
+            "forward": 0.0,
+            "write": 0.0,
+        }
+        files = []
+        for p in map(Path, tiles):
+            files.extend(sorted(p.glob("*.parquet")) if p.is_dir() else [p])
+        tables = [(p, *read_tiles(p)) for p in files]
+        # Samples the tile step could not tile (tiling.on_error: record): no features, only
+        # the reason.
+        failed = {p.name.removesuffix(".parquet"): m["error"] for p, _, m in tables if "error" in m}
+        tables = [t for t in tables if "error" not in t[2]]
+        fingerprints = {meta["tiling_fingerprint"] for _, _, meta in tables}
+        if len(fingerprints) > 1:
+            raise HistofuseError(
+                "tiles of one shard were cut with different tiling specs "
+                f"({sorted(fingerprints)}); re-run the tile step for all samples"
+            )
+        tiling = tables[0][2]["tiling"] if tables else {}
+        key = cache_key(
+            model.spec.fingerprint(), model.weights_sha256, next(iter(fingerprints), ""), dtype
         )
-    tiling = tables[0][2]["tiling"] if tables else {}
-    key = cache_key(
-        model.spec.fingerprint(), model.weights_sha256, next(iter(fingerprints), ""), dtype
-    )
-    provenance = {
-        "cache_key": key,
-        "encoder": model.spec.to_dict(),
-        "weights_sha256": model.weights_sha256,
-        "weights_source": str(weights) if weights is not None else model.spec.weights,
-        "transform": {
-            "input_size": model.spec.input_size,
-            "interpolation": model.spec.interpolation,
-            "mean": list(model.spec.mean),
-            "std": list(model.spec.std),
-        },
-        "pooling": model.spec.pooling,
-        "tiling": tiling,
-        "tiling_fingerprint": next(iter(fingerprints), ""),
-        "device": device,
-        "versions": package_versions(),
-    }
-    if failed:
-        provenance["failed_samples"] = failed
-    use_amp, amp_dtype = amp_settings(model.spec, device)
-    channels_last = model.spec.pooling == "avg"  # CNN trunks run faster in NHWC
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model) if compile else model
-    timings["transfer"] = 0.0
-    total = sum(len(t) for _, t, _ in tables)
-    state = {"batch_size": batch_size}
-    # One loader over all samples of the shard: its workers start once, and reading runs ahead
-    # of the forward pass across sample boundaries. Each sample is written as soon as its last
-    # tile is embedded.
-    sizes = [len(t) for _, t, _ in tables]
-    loader = (
-        DataLoader(
-            ConcatDataset([open_tile_source(table, meta) for _, table, meta in tables]),
-            batch_size=batch_size,
-            num_workers=num_workers,
-            pin_memory=device.startswith("cuda"),
-            prefetch_factor=prefetch_factor if num_workers > 0 else None,
+        provenance = {
+            "cache_key": key,
+            "encoder": model.spec.to_dict(),
+            "weights_sha256": model.weights_sha256,
+            "weights_source": str(weights) if weights is not None else model.spec.weights,
+            "transform": {
+                "input_size": model.spec.input_size,
+                "interpolation": model.spec.interpolation,
+                "mean": list(model.spec.mean),
+                "std": list(model.spec.std),
+            },
+            "pooling": model.spec.pooling,
+            "tiling": tiling,
+            "tiling_fingerprint": next(iter(fingerprints), ""),
+            "device": device,
+            "versions": package_versions(),
+        }
+        if failed:
+            provenance["failed_samples"] = failed
+        use_amp, amp_dtype = amp_settings(model.spec, device)
+        channels_last = model.spec.pooling == "avg"  # CNN trunks run faster in NHWC
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        forward = torch.compile(model) if compile else model
+        timings["transfer"] = 0.0
+        total = sum(len(t) for _, t, _ in tables)
+        state = {"batch_size": batch_size}
+        # One loader over all samples of the shard: its workers start once, and reading runs ahead
+        # of the forward pass across sample boundaries. Each sample is written as soon as its last
+        # tile is embedded.
+        sizes = [len(t) for _, t, _ in tables]
+        loader = (
+            DataLoader(
+                ConcatDataset([open_tile_source(table, meta) for _, table, meta in tables]),
+                batch_size=batch_size,
+                num_workers=num_workers,
+                pin_memory=device.startswith("cuda"),
+                prefetch_factor=prefetch_factor if num_workers > 0 else None,
+            )
+            if total
+            else ()
         )
-        if total
-        else ()
-    )
-    with (
-        FeatureStoreWriter(out, provenance, dtype=dtype) as writer,
-        tqdm(total=total, desc=f"embed {encoder}", unit="tile", mininterval=5) as bar,
-    ):
-        pending = _SampleBuffer(tables, sizes, model.spec.embed_dim)
-        for path, table, _ in pending.flush():  # samples without tiles
-            _write_sample(writer, path, table, pending.take(), timings)
-        t_read = time.perf_counter()
-        for batch in loader:
-            t_move = time.perf_counter()
-            timings["read"] += t_move - t_read
-            x = batch.to(device, non_blocking=True)
-            t_fwd = time.perf_counter()
-            timings["transfer"] += t_fwd - t_move
-            with (
-                torch.inference_mode(),
-                torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_amp),
-            ):
-                pending.add(forward_with_backoff(forward, x, state))
-            timings["forward"] += time.perf_counter() - t_fwd
-            bar.update(len(x))
-            for path, table, _ in pending.flush():
+        with (
+            FeatureStoreWriter(out, provenance, dtype=dtype) as writer,
+            tqdm(total=total, desc=f"embed {encoder}", unit="tile", mininterval=5) as bar,
+        ):
+            pending = _SampleBuffer(tables, sizes, model.spec.embed_dim)
+            for path, table, _ in pending.flush():  # samples without tiles
                 _write_sample(writer, path, table, pending.take(), timings)
             t_read = time.perf_counter()
-        if pending.next != len(sizes):
-            raise HistofuseError(f"embedded {pending.rows} tiles short of the shard's {total}")
-        timings["total"] = time.perf_counter() - t0
-        writer.provenance["timings"] = timings
-        writer.provenance["n_tiles"] = total
-        writer.provenance["batch_size"] = {"requested": batch_size, "used": state["batch_size"]}
-    log.info("embedded %d tiles with %s: %s", total, encoder, json.dumps(timings))
-    return writer.provenance
+            for batch in loader:
+                t_move = time.perf_counter()
+                timings["read"] += t_move - t_read
+                x = batch.to(device, non_blocking=True)
+                t_fwd = time.perf_counter()
+                timings["transfer"] += t_fwd - t_move
+                with (
+                    torch.inference_mode(),
+                    torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_amp),
+                ):
+                    pending.add(forward_with_backoff(forward, x, state))
+                timings["forward"] += time.perf_counter() - t_fwd
+                bar.update(len(x))
+                for path, table, _ in pending.flush():
+                    _write_sample(writer, path, table, pending.take(), timings)
+                t_read = time.perf_counter()
+            if pending.next != len(sizes):
+                raise HistofuseError(f"embedded {pending.rows} tiles short of the shard's {total}")
+            timings["total"] = time.perf_counter() - t0
+            writer.provenance["timings"] = timings
+            writer.provenance["n_tiles"] = total
+            writer.provenance["batch_size"] = {"requested": batch_size, "used": state["batch_size"]}
+        log.info("embedded %d tiles with %s: %s", total, encoder, json.dumps(timings))
+        return writer.provenance

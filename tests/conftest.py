@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,26 @@ def small_tiles(small_cohort, tmp_path_factory) -> dict[str, Path]:
         paths[sample] = out / f"{sample}.parquet"
         write_tiles(table, meta, paths[sample])
     return paths
+
+
+def embed_cmd(tiles: list[Path], out: Path, batch_size: int = 64) -> list[str]:
+    """The ``histofuse embed`` command line of this environment for ``tiny-vit`` on the CPU."""
+    return [
+        str(Path(sys.executable).parent / "histofuse"),
+        "embed",
+        "--encoder",
+        "tiny-vit",
+        "--tiles",
+        *map(str, tiles),
+        "--out",
+        str(out),
+        "--batch-size",
+        str(batch_size),
+        "--device",
+        "cpu",
+    ]
+
+
+def one_thread_env() -> dict[str, str]:
+    """The environment with torch on one thread, for embed processes run side by side."""
+    return {**os.environ, "OMP_NUM_THREADS": "1"}

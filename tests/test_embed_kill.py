@@ -1,40 +1,15 @@
 """A feature store whose embed job is killed mid-write is never read as complete."""
 
-import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import embed_cmd, one_thread_env
 
 from histofuse.cache.store import manifest_path, open_features, read_manifest
 from histofuse.errors import HistofuseError
-
-BIN = Path(sys.executable).parent
-
-
-def _embed_cmd(tiles, out: Path) -> list[str]:
-    return [
-        str(BIN / "histofuse"),
-        "embed",
-        "--encoder",
-        "tiny-vit",
-        "--tiles",
-        *map(str, tiles),
-        "--out",
-        str(out),
-        "--batch-size",
-        "1",  # slow enough to be caught mid-write
-        "--device",
-        "cpu",
-    ]
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 @pytest.mark.slow
@@ -42,7 +17,10 @@ def test_killed_store_is_never_complete_and_rerun_matches_clean_run(small_tiles,
     tiles = list(small_tiles.values())
     store = tmp_path / "killed" / "tiny-vit" / "0000.zarr"
     proc = subprocess.Popen(
-        _embed_cmd(tiles, store), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        embed_cmd(tiles, store, batch_size=1),
+        env=one_thread_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 120
     partial = []
@@ -68,10 +46,14 @@ def test_killed_store_is_never_complete_and_rerun_matches_clean_run(small_tiles,
     with pytest.raises(HistofuseError, match="unfinished"):
         open_features([leftovers[0]])
 
-    subprocess.run(_embed_cmd(tiles, store), env=_env(), check=True, capture_output=True)
+    subprocess.run(
+        embed_cmd(tiles, store, batch_size=1), env=one_thread_env(), check=True, capture_output=True
+    )
     assert not list(store.parent.glob(".0000.zarr.tmp-*")), "stale temporary store not removed"
     clean = tmp_path / "clean" / "tiny-vit" / "0000.zarr"
-    subprocess.run(_embed_cmd(tiles, clean), env=_env(), check=True, capture_output=True)
+    subprocess.run(
+        embed_cmd(tiles, clean, batch_size=1), env=one_thread_env(), check=True, capture_output=True
+    )
 
     assert read_manifest(store)["samples"] == read_manifest(clean)["samples"]
     a, b = open_features([store]), open_features([clean])

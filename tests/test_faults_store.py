@@ -11,38 +11,15 @@ import resource
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import embed_cmd, one_thread_env
 
 from histofuse.cache.store import FeatureStoreWriter, manifest_path, open_features, read_manifest
 from histofuse.errors import HistofuseError
-
-BIN = Path(sys.executable).parent
-
-
-def _embed_cmd(tiles: list[Path], out: Path, batch_size: int = 64) -> list[str]:
-    return [
-        str(BIN / "histofuse"),
-        "embed",
-        "--encoder",
-        "tiny-vit",
-        "--tiles",
-        *map(str, tiles),
-        "--out",
-        str(out),
-        "--batch-size",
-        str(batch_size),
-        "--device",
-        "cpu",
-    ]
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _leftovers(store: Path) -> list[Path]:
@@ -103,7 +80,7 @@ def test_a_second_writer_of_the_same_store_is_refused(tmp_path):
 def test_two_shards_of_one_encoder_embedded_at_once(shards, references, tmp_path):
     stores = [tmp_path / "tiny-vit" / f"{i:04d}.zarr" for i in range(2)]
     procs = [
-        subprocess.Popen(_embed_cmd(t, s), env=_env(), stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(embed_cmd(t, s), env=one_thread_env(), stderr=subprocess.PIPE, text=True)
         for t, s in zip(shards, stores, strict=True)
     ]
     for p in procs:
@@ -118,7 +95,10 @@ def test_two_shards_of_one_encoder_embedded_at_once(shards, references, tmp_path
 def test_same_shard_launched_twice_one_wins_cleanly(shards, references, tmp_path):
     store = tmp_path / "tiny-vit" / "0000.zarr"
     first = subprocess.Popen(
-        _embed_cmd(shards[0], store, batch_size=1), env=_env(), stderr=subprocess.PIPE, text=True
+        embed_cmd(shards[0], store, batch_size=1),
+        env=one_thread_env(),
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and first.poll() is None and not _leftovers(store):
@@ -128,7 +108,7 @@ def test_same_shard_launched_twice_one_wins_cleanly(shards, references, tmp_path
     try:
         assert first.poll() is None and _leftovers(store), "the first job never started writing"
         second = subprocess.run(
-            _embed_cmd(shards[0], store), env=_env(), capture_output=True, text=True
+            embed_cmd(shards[0], store), env=one_thread_env(), capture_output=True, text=True
         )
     finally:
         first.send_signal(signal.SIGCONT)
@@ -158,8 +138,8 @@ def test_disk_full_leaves_no_half_store_and_a_clear_error(shards, references, tm
     # A file size limit below one sample's features: the kernel refuses the write (EFBIG), as a
     # full disk refuses it (ENOSPC), part-way through the store.
     proc = subprocess.run(
-        _embed_cmd(shards[0], store),
-        env=_env(),
+        embed_cmd(shards[0], store),
+        env=one_thread_env(),
         capture_output=True,
         text=True,
         preexec_fn=_limit_file_size(2048),
@@ -172,7 +152,9 @@ def test_disk_full_leaves_no_half_store_and_a_clear_error(shards, references, tm
     with pytest.raises(HistofuseError, match="unfinished"):
         open_features([store])
     # with room again, the same command writes the full store
-    subprocess.run(_embed_cmd(shards[0], store), env=_env(), check=True, capture_output=True)
+    subprocess.run(
+        embed_cmd(shards[0], store), env=one_thread_env(), check=True, capture_output=True
+    )
     _assert_same_store(store, references[0])
 
 
@@ -196,8 +178,8 @@ def test_read_only_results_folder_gives_a_clear_error(shards, references, tmp_pa
     out.chmod(0o555)
     try:
         proc = subprocess.run(
-            [*_without_root_override(), *_embed_cmd(shards[0], store)],
-            env=_env(),
+            [*_without_root_override(), *embed_cmd(shards[0], store)],
+            env=one_thread_env(),
             capture_output=True,
             text=True,
         )

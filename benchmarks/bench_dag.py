@@ -9,12 +9,9 @@ Snakefile over the same files, measured in the same run. ``ratio`` = naive secon
 minutes); ``cpu_seconds`` is the CPU time of the same runs, which a busy shared machine inflates
 far less than wall time. Two costs that are not the DAG's are kept out and reported on their own:
 
-- Snakemake imports every installed executor plugin at start-up, and the SLURM plugin runs
-  ``scontrol show config`` then. Where SLURM's client is installed but no controller answers (a
-  test machine with the daemons stopped) that call waits ~9 s before failing. The benchmark times
-  it once (``slurm_probe_seconds``) and, when it takes over a second, puts a ``scontrol`` that
-  fails at once first on the dry runs' PATH (``slurm_probe_bypassed``). On a cluster the controller
-  answers in milliseconds; without SLURM there is no call.
+- The SLURM executor plugin's start-up probe (see ``slurm_probe.py``): timed once
+  (``slurm_probe_seconds``) and, where it stalls, bypassed on the dry runs' PATH
+  (``slurm_probe_bypassed``).
 - Python bytecode: the dry runs are allowed to write ``.pyc`` files (``PYTHONDONTWRITEBYTECODE``
   is dropped), and an untimed ``snakemake --version`` warms them, as an installed environment has
   them (``compile-bytecode`` in pyproject.toml).
@@ -22,10 +19,8 @@ far less than wall time. Two costs that are not the DAG's are kept out and repor
 
 from __future__ import annotations
 
-import contextlib
 import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -33,6 +28,7 @@ import time
 from pathlib import Path
 
 import yaml
+from slurm_probe import slurm_probe
 
 REPO = Path(__file__).resolve().parents[1]
 N_SLIDES = 10_000
@@ -89,24 +85,6 @@ def _dry_run(args: list[str], cwd: Path, shim: Path | None) -> tuple[float, floa
     return _snakemake(["-n", "--quiet", "--cores", "1", *args], cwd, shim)
 
 
-def _slurm_probe(tmp: Path) -> tuple[float | None, Path | None]:
-    """Times the SLURM plugin's start-up probe; returns (seconds, shim folder or None)."""
-    scontrol = shutil.which("scontrol")
-    if scontrol is None:
-        return None, None
-    t = time.perf_counter()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        subprocess.run([scontrol, "show", "config"], capture_output=True, timeout=10)
-    seconds = time.perf_counter() - t
-    if seconds <= 1.0:
-        return seconds, None
-    shim = tmp / "bin"
-    shim.mkdir()
-    (shim / "scontrol").write_text("#!/bin/sh\nexit 1\n")
-    (shim / "scontrol").chmod(0o755)
-    return seconds, shim
-
-
 def run(tmp: Path) -> dict:
     from histofuse.encoders.registry import list_encoders
 
@@ -129,7 +107,7 @@ def run(tmp: Path) -> dict:
     }
     (tmp / "config.yaml").write_text(yaml.safe_dump(config))
     (tmp / "Naive.smk").write_text(NAIVE)
-    probe, shim = _slurm_probe(tmp)
+    probe, shim = slurm_probe(tmp)
     startup, startup_cpu = _snakemake(["--version"], tmp, shim)  # untimed warm-up, recorded
     ours_args = ["-s", str(REPO / "Snakefile"), "--configfile", "config.yaml"]
     runs = [_dry_run(ours_args, tmp, shim) for _ in range(3)]

@@ -1,6 +1,7 @@
 # Parse-time set-up: validate the config, read the sample table once, plan shards and feature sets.
 # Cheap by design: no torch, no slide is opened, nothing is globbed.
 import os
+import re
 
 from histofuse.config import load_schema, validate_config
 from histofuse.plan import Plan
@@ -9,6 +10,8 @@ config = validate_config(config, load_schema(workflow.source_path("../schemas/co
 SHARD_REGISTRY = "results/shards.tsv"
 PLAN = Plan.from_config(config, SHARD_REGISTRY)
 SAMPLES = PLAN.samples
+# The fit rule's feature sets, by name: PEKA's metrics share its path pattern.
+FIT_FEATURES = "|".join(map(re.escape, PLAN.feature_sets)) or "(?!)"
 
 
 wildcard_constraints:

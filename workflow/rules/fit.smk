@@ -8,6 +8,8 @@ rule fit:
     output:
         metrics="results/metrics/{task}/{features}/{head}.parquet",
         predictions="results/predictions/{task}/{features}/{head}.parquet",
+    wildcard_constraints:
+        features=FIT_FEATURES,
     params:
         stores=feature_stores,
         task=task_json,

@@ -39,7 +39,7 @@ from torch import nn
 
 from histofuse.bulk.bags import SlideBags
 from histofuse.errors import HistofuseError
-from histofuse.heads.fusion import FusionModule, TorchHead
+from histofuse.heads.fusion import FusionModule, TorchHead, module_params, torch_threads
 
 
 def slide_module(
@@ -113,23 +113,12 @@ class SlideHead(TorchHead):
         self.latent_dim = latent_dim
 
     def _module(self, n_features: int, n_out: int) -> FusionModule:
-        blocks = list(self.blocks) if self.blocks else [n_features]
-        if sum(blocks) != n_features:
-            raise HistofuseError(
-                f"head {self.strategy!r}: block widths {blocks} do not add up to the "
-                f"{n_features} features"
-            )
         return slide_module(
             self.strategy,
-            blocks,
+            self._blocks(n_features),
             n_out,
             latent_dim=self.latent_dim,
-            embed_dim=self.embed_dim,
-            num_heads=self.num_heads,
-            hidden=self.hidden,
-            kv_block=self.kv_block,
-            weight=self.weight,
-            temperature=self.temperature,
+            **module_params(self),
         )
 
 
@@ -255,12 +244,8 @@ class ABMILRegressor(RegressorMixin, BaseEstimator):
     # -- estimator -------------------------------------------------------------------------
     def fit(self, slides: Sequence[str], y: np.ndarray, bags: SlideBags) -> ABMILRegressor:
         """Trains attention and head on the bags of ``slides`` and targets ``y`` (slides, genes)."""
-        before = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
+        with torch_threads(self.threads):
             return self._fit(list(slides), np.asarray(y, dtype=np.float32), bags)
-        finally:
-            torch.set_num_threads(before)
 
     def _fit(self, slides: list[str], y: np.ndarray, bags: SlideBags) -> ABMILRegressor:
         if len(slides) != len(y) or not slides:
@@ -276,12 +261,7 @@ class ABMILRegressor(RegressorMixin, BaseEstimator):
             self.blocks_,
             y2.shape[1],
             latent_dim=self.latent_dim,
-            embed_dim=self.embed_dim,
-            num_heads=self.num_heads,
-            hidden=self.hidden,
-            kv_block=self.kv_block,
-            weight=self.weight,
-            temperature=self.temperature,
+            **module_params(self),
         )
         params = [*self.attention_.parameters(), *self.head_.parameters()]
         opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
@@ -321,11 +301,5 @@ class ABMILRegressor(RegressorMixin, BaseEstimator):
     def predict(self, slides: Sequence[str], bags: SlideBags) -> np.ndarray:
         """Predicted targets (slides, genes)."""
         check_is_fitted(self, "attention_")
-        before = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
-            with torch.no_grad():
-                z = torch.from_numpy(self.embed(slides, bags))
-                return self.head_(z)[0].numpy()
-        finally:
-            torch.set_num_threads(before)
+        with torch_threads(self.threads), torch.no_grad():
+            return self.head_(torch.from_numpy(self.embed(slides, bags)))[0].numpy()

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -54,6 +55,25 @@ if TYPE_CHECKING:
     from histofuse.heads.streaming import LazyFeatures
 
 STRATEGIES = TORCH_HEADS
+
+MODULE_PARAMS = ("embed_dim", "num_heads", "hidden", "kv_block", "weight", "temperature")
+"""A trained head's hyperparameters that shape its :class:`FusionModule`."""
+
+
+def module_params(head: object) -> dict[str, object]:
+    """The :data:`MODULE_PARAMS` of a head, as keyword arguments of :class:`FusionModule`."""
+    return {name: getattr(head, name) for name in MODULE_PARAMS}
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Runs the block with torch on ``n`` CPU threads, then restores the previous count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class ReleasedAttention(nn.Module):
@@ -286,33 +306,23 @@ class TorchHead(RegressorMixin, BaseEstimator):
         self.random_state = random_state
         self.threads = threads
 
-    def _module(self, n_features: int, n_out: int) -> FusionModule:
+    def _blocks(self, n_features: int) -> list[int]:
+        """The encoders' block widths (one block: all features), checked against the input."""
         blocks = list(self.blocks) if self.blocks else [n_features]
         if sum(blocks) != n_features:
             raise HistofuseError(
                 f"head {self.strategy!r}: block widths {blocks} do not add up to the "
                 f"{n_features} features"
             )
-        return FusionModule(
-            self.strategy,
-            blocks,
-            n_out,
-            embed_dim=self.embed_dim,
-            num_heads=self.num_heads,
-            hidden=self.hidden,
-            kv_block=self.kv_block,
-            weight=self.weight,
-            temperature=self.temperature,
-        )
+        return blocks
+
+    def _module(self, n_features: int, n_out: int) -> FusionModule:
+        return FusionModule(self.strategy, self._blocks(n_features), n_out, **module_params(self))
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> TorchHead:
         """Trains the module on ``X`` (N, D) and targets ``y`` (N,) or (N, G)."""
-        before = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
+        with torch_threads(self.threads):
             return self._fit(X, y)
-        finally:
-            torch.set_num_threads(before)
 
     def fit_stream(self, X: LazyFeatures, y: np.ndarray, batch_rows: int) -> TorchHead:
         """Trains on features streamed from the cache in blocks of about ``batch_rows`` rows.
@@ -322,9 +332,7 @@ class TorchHead(RegressorMixin, BaseEstimator):
         """
         from histofuse.heads.streaming import partial_scaler
 
-        before = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
+        with torch_threads(self.threads):
             y = np.asarray(y)
             if len(y) != len(X):
                 raise HistofuseError(f"{len(X)} feature rows but {len(y)} target rows")
@@ -333,8 +341,6 @@ class TorchHead(RegressorMixin, BaseEstimator):
             # Blocks are whole minibatches, so an epoch takes as many steps as in memory.
             rows = max(self.batch_size, batch_rows // self.batch_size * self.batch_size)
             return self._train(len(X), y, lambda: self._stream_epoch(X, rows))
-        finally:
-            torch.set_num_threads(before)
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> TorchHead:
         X, y = validate_data(self, X, y, multi_output=True, y_numeric=True)
@@ -395,11 +401,6 @@ class TorchHead(RegressorMixin, BaseEstimator):
         """Predicts targets for ``X``."""
         check_is_fitted(self, "module_")
         X = validate_data(self, X, reset=False)
-        before = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
-            with torch.no_grad():
-                pred = self.module_(torch.from_numpy(self._prepare(X)))[0].numpy()
-        finally:
-            torch.set_num_threads(before)
+        with torch_threads(self.threads), torch.no_grad():
+            pred = self.module_(torch.from_numpy(self._prepare(X)))[0].numpy()
         return pred[:, 0] if self.single_output_ else pred

@@ -184,10 +184,14 @@ def vit_store(small_tiles, tmp_path_factory):
     "name", ["peka:tiny-vit", "image+peka:tiny-vit", "teacher", "hra:tiny-vit"]
 )
 def test_peka_task_writes_report_rows(name, vit_store, small_cohort, tmp_path):
+    import torch
+
+    threads = torch.get_num_threads()
     m = peka_task(
         "t", TASK, small_cohort, name, "hest", {}, FAST,
         tmp_path / "m.parquet", tmp_path / "p.parquet", stores=[vit_store],
     )  # fmt: skip
+    assert torch.get_num_threads() == threads  # one thread while training, then restored
     assert set(m["features"]) == {name}
     pooled = m[m["protocol"] == "hest-pooled"]
     assert pooled["fold"].nunique() == 2

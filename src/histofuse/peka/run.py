@@ -105,6 +105,7 @@ def peka_task(
         score_fold,
         select_genes,
     )
+    from histofuse.heads.fusion import torch_threads
     from histofuse.heads.probes import make_head
     from histofuse.peka import adapters
     from histofuse.peka.teacher import (
@@ -116,7 +117,6 @@ def peka_task(
     from histofuse.samples import load_samples
 
     t0 = time.perf_counter()
-    torch.set_num_threads(1)
     mode, encoder = parse_features_name(features_name)
     cfg = {**DEFAULT_PEKA, **(peka or {})}
     teacher_cfg = {**DEFAULT_TEACHER, **(cfg["teacher"] or {})}
@@ -180,64 +180,71 @@ def peka_task(
     inputs = torch.as_tensor(tokens if site == "tail" and tokens is not None else image)
 
     metrics, predictions, fold_info = [], [], {}
-    for seed in seeds:
-        for fold, (train, test) in enumerate(
-            task_splits(task["split"] or {}, patients, sample_ids, seed)
-        ):
-            genes = select_genes(log_counts, genes_cfg, train)
-            y = transform_counts(counts[genes].to_numpy(), task["transform"], total)
-            emb = (
-                file_teacher
-                if file_teacher is not None
-                else builtin_teacher(raw, train, int(teacher_cfg["dim"]), cfg["seed"])
-            )
-            info_fold: dict[str, Any] = {"genes": genes, "teacher_dim": int(emb.shape[1])}
-            if mode == "teacher":
-                x = emb
-            else:
-                clf = TeacherClassifier(
-                    n_clusters=int(cfg["clusters"]), seed=int(cfg["seed"]), **clf_cfg
-                ).fit(emb[train])
-                train_cfg = {**adapters.DEFAULT_TRAIN, **(cfg["train"] or {})}
-                steps = int(train_cfg["epochs"]) * -(-len(train) // int(train_cfg["batch_size"]))
-                body = (
-                    adapters.TailModel(_encoder(encoder, stores, token_stores), int(info["blocks"]))
-                    if site == "tail"
-                    else adapters.FeatureProjection(inputs.shape[1])
+    with torch_threads(1):  # the one CPU the peka rule reserves
+        for seed in seeds:
+            for fold, (train, test) in enumerate(
+                task_splits(task["split"] or {}, patients, sample_ids, seed)
+            ):
+                genes = select_genes(log_counts, genes_cfg, train)
+                y = transform_counts(counts[genes].to_numpy(), task["transform"], total)
+                emb = (
+                    file_teacher
+                    if file_teacher is not None
+                    else builtin_teacher(raw, train, int(teacher_cfg["dim"]), cfg["seed"])
                 )
-                student = adapters.build_student(
-                    body,
-                    method,
-                    int(cfg["r"]),
-                    emb.shape[1],
-                    int(cfg["hidden"]),
-                    steps,
-                    cfg["seed"],
+                info_fold: dict[str, Any] = {"genes": genes, "teacher_dim": int(emb.shape[1])}
+                if mode == "teacher":
+                    x = emb
+                else:
+                    clf = TeacherClassifier(
+                        n_clusters=int(cfg["clusters"]), seed=int(cfg["seed"]), **clf_cfg
+                    ).fit(emb[train])
+                    train_cfg = {**adapters.DEFAULT_TRAIN, **(cfg["train"] or {})}
+                    steps = int(train_cfg["epochs"]) * -(
+                        -len(train) // int(train_cfg["batch_size"])
+                    )
+                    body = (
+                        adapters.TailModel(
+                            _encoder(encoder, stores, token_stores), int(info["blocks"])
+                        )
+                        if site == "tail"
+                        else adapters.FeatureProjection(inputs.shape[1])
+                    )
+                    student = adapters.build_student(
+                        body,
+                        method,
+                        int(cfg["r"]),
+                        emb.shape[1],
+                        int(cfg["hidden"]),
+                        steps,
+                        cfg["seed"],
+                    )
+                    history = adapters.train_student(
+                        student,
+                        inputs[train],
+                        torch.as_tensor(emb[train]),
+                        torch.as_tensor(clf.labels_),
+                        clf.model_,
+                        train_cfg,
+                        seed=int(cfg["seed"]),
+                    )
+                    s = adapters.student_features(student, inputs)
+                    x = np.concatenate([image, s], axis=1) if mode == "image+peka" else s
+                    info_fold.update(
+                        loss=history,
+                        classifier_accuracy=clf.accuracy_,
+                        clusters=int(clf.kmeans_.n_clusters),
+                        trainable_params=adapters.n_trainable(student),
+                    )
+                fold_info[f"{seed}/{fold}"] = info_fold
+                est = make_head(head, head_params, seed=seed)
+                est.fit(x[train], y[train])
+                pred = np.asarray(est.predict(x[test])).reshape(len(test), -1)
+                fold_metrics, fold_pred = score_fold(
+                    y[test], pred, genes, index.iloc[test], seed, fold
                 )
-                history = adapters.train_student(
-                    student,
-                    inputs[train],
-                    torch.as_tensor(emb[train]),
-                    torch.as_tensor(clf.labels_),
-                    clf.model_,
-                    train_cfg,
-                    seed=int(cfg["seed"]),
-                )
-                s = adapters.student_features(student, inputs)
-                x = np.concatenate([image, s], axis=1) if mode == "image+peka" else s
-                info_fold.update(
-                    loss=history,
-                    classifier_accuracy=clf.accuracy_,
-                    clusters=int(clf.kmeans_.n_clusters),
-                    trainable_params=adapters.n_trainable(student),
-                )
-            fold_info[f"{seed}/{fold}"] = info_fold
-            est = make_head(head, head_params, seed=seed)
-            est.fit(x[train], y[train])
-            pred = np.asarray(est.predict(x[test])).reshape(len(test), -1)
-            fold_metrics, fold_pred = score_fold(y[test], pred, genes, index.iloc[test], seed, fold)
-            metrics.append(fold_metrics)
-            predictions.append(fold_pred)
+                metrics.append(fold_metrics)
+                predictions.append(fold_pred)
     out = metrics_table(metrics, task_name, features_name, head)
     meta = {
         "encoders": [encoder] if encoder else [],

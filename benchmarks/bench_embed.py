@@ -7,10 +7,10 @@ pre-made uint8 tensors of the same batch size and tile count, under ``torch.infe
 ``ratio`` = stage tiles/s ÷ pure-forward tiles/s, so 1.0 means the stage adds no overhead.
 
 The headline encoder is ``bench-vits16``: the architecture of Kaiko's ViT-S/16 (12 blocks,
-width 384, CLS pooling, ImageNet normalisation, 224 px), the smallest of the registry's ViTs,
-with seeded random weights. Its tiles are cut as the pipeline cuts them by default, by the HEST
-protocol: 112 µm at 0.5 µm/px, which is level 0 of the generated slides, so 224 px read and
-no resampling. Two more figures put the headline in context:
+width 384, CLS pooling, ImageNet normalisation, 224 px), smaller than every real ViT in the
+registry, with seeded random weights. Its tiles are cut as the pipeline cuts them by default,
+by the HEST protocol: 112 µm at 0.5 µm/px, which is level 0 of the generated slides, so 224 px
+read and no resampling. Two more figures put the headline in context:
 
 * ``small_input``: the same ViT-S at 112 px on tiles of 112 µm at 1 µm/px, each read at 224 px
   and resampled 2:1 (Lanczos). Its forward is 4.4× cheaper per tile than at 224 px while the
@@ -22,7 +22,9 @@ Pure forward and stage alternate, so load from other processes falls on both ali
 machine, ``cuda`` measures a registry ViT-L: UNI's spec (``vit_large_patch16_224``, fp16
 autocast) with random weights, batch 256 and one reader process per two CPU cores (at most 8),
 on the headline's tiles repeated to about 20,000; ``cuda.small_encoder`` repeats the headline's
-ViT-S there.
+ViT-S there. Their ``load_model`` is a seeded random initialisation on the CPU, seconds for
+a ViT-L, where a real checkpoint is taken without one (built on the meta device): read
+``ratio_without_model_load`` for the stage itself.
 """
 
 from __future__ import annotations

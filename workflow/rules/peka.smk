@@ -60,6 +60,3 @@ rule peka:
         " --head {wildcards.head} --head-params {params.head:q} --peka {params.peka:q}"
         " --metrics {output.metrics:q} --predictions {output.predictions:q} > {log:q} 2>&1"
 
-
-# `teacher` also fits the generic feature-set pattern of `fit`; it is a PEKA row.
-ruleorder: peka > fit

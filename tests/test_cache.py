@@ -191,15 +191,18 @@ def test_samples_larger_than_a_shard_span_several_files(tmp_path, monkeypatch):
     np.testing.assert_array_equal(streamed.features.compute(), expected)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "index"])
+@pytest.mark.parametrize("damage", ["truncate", "index", "coords"])
 def test_damaged_chunk_files_give_a_clear_error(tmp_path, damage):
     store = tmp_path / "s.zarr"
     _write(store, samples=("A",))
-    shard = store / "A" / "features" / "c" / "0" / "0"
-    raw = shard.read_bytes()
+    array = "coords" if damage == "coords" else "features"
+    chunk = store / "A" / array / "c" / "0" / "0"
+    raw = chunk.read_bytes()
     if damage == "truncate":  # the index survives, the rows do not
-        shard.write_bytes(raw[:10] + raw[-20:])
-    else:
-        shard.write_bytes(raw[:-1] + bytes([raw[-1] ^ 0xFF]))
-    with pytest.raises(HistofuseError, match=r"A/features/c/0/0 .*re-run its embed job"):
+        chunk.write_bytes(raw[:10] + raw[-20:])
+    elif damage == "index":
+        chunk.write_bytes(raw[:-1] + bytes([raw[-1] ^ 0xFF]))
+    else:  # an unsharded chunk cut short
+        chunk.write_bytes(raw[:-8])
+    with pytest.raises(HistofuseError, match=rf"A/{array}/c/0/0 .*re-run its embed job"):
         open_features([store]).load()

@@ -425,8 +425,8 @@ def _read_rows_direct(layout: _RawRows, start: int, stop: int, out: np.ndarray) 
             )
             continue
         try:
+            size = os.fstat(fd).st_size
             if layout.sharded:
-                size = os.fstat(fd).st_size
                 index_bytes = 16 * per_file + 4
                 try:
                     index = CRC32C().decode(os.pread(fd, index_bytes, size - index_bytes))
@@ -436,8 +436,8 @@ def _read_rows_direct(layout: _RawRows, start: int, stop: int, out: np.ndarray) 
                         "re-run its embed job"
                     ) from err
                 spans = np.frombuffer(index, dtype="<u8").reshape(per_file, 2).tolist()
-            else:
-                spans = [[0, _EMPTY_CHUNK - 1]]
+            else:  # one chunk: the whole file
+                spans = [[0, size]]
             for k, (offset, nbytes) in enumerate(spans):
                 row0 = first + k * layout.chunk_rows
                 a, b = max(start, row0), min(stop, row0 + layout.chunk_rows)

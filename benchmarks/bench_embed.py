@@ -32,9 +32,12 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from histofuse.encoders.registry import EncoderSpec
 
 ENCODER = "bench-vits16"
 SMALL = "bench-vits16-112"
@@ -47,40 +50,39 @@ CUDA_TILES = 20_000
 MAX_TILES = {ENCODER: 150, SMALL: 300}  # the first samples up to about this many tiles
 
 
+def _vits16(name: str, size: int) -> EncoderSpec:
+    """A ViT-S/16 in Kaiko ViT-S/16's shape at ``size`` px, with seeded random weights."""
+    from histofuse.encoders.registry import EncoderSpec
+
+    return EncoderSpec(
+        name=name,
+        arch="vit_small_patch16_224",
+        kwargs={"img_size": size, "dynamic_img_size": True},
+        pooling="cls",
+        embed_dim=384,
+        input_size=size,
+        interpolation="bicubic",
+        weights="random",
+        seed=0,
+        description=f"benchmark encoder: ViT-S/16 (Kaiko ViT-S/16 shape) at {size} px",
+    )
+
+
 def _register() -> None:
     """Registers the benchmark's ViT-S/16 at 224 and 112 px and UNI's ViT-L (random weights)."""
     import dataclasses
 
-    from histofuse.encoders.registry import EncoderSpec, get_spec, register_encoder
-    from histofuse.errors import HistofuseError
+    from histofuse.encoders.registry import get_spec, list_encoders, register_encoder
 
-    for name, size in ((ENCODER, 224), (SMALL, 112)):
-        try:
-            get_spec(name)
-            continue
-        except HistofuseError:  # not registered yet
-            pass
-
-        def spec(name: str = name, size: int = size) -> EncoderSpec:
-            return EncoderSpec(
-                name=name,
-                arch="vit_small_patch16_224",
-                kwargs={"img_size": size, "dynamic_img_size": True},
-                pooling="cls",
-                embed_dim=384,
-                input_size=size,
-                interpolation="bicubic",
-                weights="random",
-                seed=0,
-                description=f"benchmark encoder: ViT-S/16 (Kaiko ViT-S/16 shape) at {size} px",
-            )
-
-        register_encoder(name)(spec)
-    try:
-        get_spec(LARGE)
-    except HistofuseError:
-        uni = dataclasses.replace(get_spec("uni"), name=LARGE, weights="random", seed=0)
-        register_encoder(LARGE)(lambda: uni)
+    specs = {
+        ENCODER: lambda: _vits16(ENCODER, 224),
+        SMALL: lambda: _vits16(SMALL, 112),
+        LARGE: lambda: dataclasses.replace(get_spec("uni"), name=LARGE, weights="random", seed=0),
+    }
+    known = set(list_encoders())
+    for name, spec in specs.items():
+        if name not in known:
+            register_encoder(name)(spec)
 
 
 def _tiles(sheet: pd.DataFrame, out: Path, target_mpp: float) -> list[Path]:

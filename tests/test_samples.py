@@ -35,6 +35,8 @@ def test_relative_paths_resolve_against_the_sheet(tmp_path):
             "row 2 \\(A\\): slide file .*missing.tiff does not exist",
         ),
         (["A\tP1\ts.tiff\ts.h5ad\t-1"], None, "row 2: mpp '-1' must be a positive number"),
+        (["\t\t\t"], "sample_id\tpatient_id\tslide", "row 2 has more .* fields than the header"),
+        (["X\tA\tP1\ts.tiff"], "sample_id\tpatient_id\tslide", "row 2 has more .* fields"),
         (["A\tP1\ts.tiff"], "sample_id\tpatient\tslide", "lacks column\\(s\\) patient_id"),
         (
             ["A\tP1\ts.tiff\tx"],

@@ -44,6 +44,11 @@ def load_samples(path: str | Path, check_files: bool = True) -> pd.DataFrame:
         df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     except Exception as exc:
         raise HistofuseError(f"sample sheet {path} is not a readable TSV: {exc}") from exc
+    if not isinstance(df.index, pd.RangeIndex):  # pandas took the extra field(s) as an index
+        raise HistofuseError(
+            f"sample sheet {path}, row 2 has more tab-separated fields than the header "
+            f"({len(df.columns)}); remove the extra tabs or name the column in the header"
+        )
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise HistofuseError(

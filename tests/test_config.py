@@ -8,7 +8,7 @@ from histofuse.errors import HistofuseError
 from histofuse.plan import Plan
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = load_schema(REPO / "workflow/schemas/config.schema.yaml")
+SCHEMA = load_schema()
 
 
 def demo_config():

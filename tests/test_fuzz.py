@@ -20,7 +20,7 @@ from histofuse.plan import Plan
 from histofuse.samples import load_samples
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = load_schema(REPO / "workflow/schemas/config.schema.yaml")
+SCHEMA = load_schema()
 BASE = yaml.safe_load((REPO / "config/config.yaml").read_text())
 
 pytestmark = pytest.mark.fault

@@ -194,7 +194,7 @@ def _bench_config(folder, **task):
     repo = Path(__file__).resolve().parents[1]
     cfg = yaml.safe_load((repo / "config/config.yaml").read_text())
     cfg["tasks"]["demo-bench"] = {"hest_bench": str(folder), **task}
-    return validate_config(cfg, load_schema(repo / "workflow/schemas/config.schema.yaml"))
+    return validate_config(cfg, load_schema())
 
 
 def test_plan_adds_a_hest_bench_folder_as_its_own_samples_and_shard(demo_bench, tmp_path):

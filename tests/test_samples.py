@@ -151,7 +151,7 @@ def test_tasks_column_chooses_the_tasks_of_each_sample(tmp_path):
     cfg = yaml.safe_load((repo / "config/config.yaml").read_text())
     cfg.update(samples=str(sheet), demo={"enabled": False})
     cfg["tasks"] = {"spots": {}, "x": {}}
-    schema = load_schema(repo / "workflow/schemas/config.schema.yaml")
+    schema = load_schema()
     plan = Plan.from_config(validate_config(cfg, schema))
     assert plan.task_samples("spots") == ["A", "B", "C"]
     assert plan.task_samples("x") == ["B", "C"]  # B: empty cell, every task

@@ -14,6 +14,9 @@ from typing import Any
 
 from histofuse.errors import HistofuseError
 
+#: The config schema: every setting, its type and its one default.
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.yaml"
+
 
 def _key(path: Any) -> str:
     parts = [str(p) for p in path]
@@ -54,11 +57,11 @@ def _message(err: Any) -> str:
     return f"config `{key}` = {err.instance!r} is invalid: {err.message}{hint}"
 
 
-def load_schema(path: str | Path) -> dict[str, Any]:
-    """Reads a YAML JSON-schema file."""
+def load_schema(path: str | Path | None = None) -> dict[str, Any]:
+    """Reads a YAML JSON-schema file; by default the config schema shipped with the package."""
     import yaml
 
-    return yaml.safe_load(Path(path).read_text())
+    return yaml.safe_load(Path(path or SCHEMA_PATH).read_text())
 
 
 def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import re
 from histofuse.config import load_schema, validate_config
 from histofuse.plan import Plan
 
-config = validate_config(config, load_schema(workflow.source_path("../schemas/config.schema.yaml")))
+config = validate_config(config, load_schema())
 SHARD_REGISTRY = "results/shards.tsv"
 PLAN = Plan.from_config(config, SHARD_REGISTRY)
 SAMPLES = PLAN.samples

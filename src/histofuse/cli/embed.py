@@ -1,0 +1,107 @@
+"""The encoder verbs: ``embed`` (features), ``tokens`` (PEKA's token cache), ``encoders``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _embed(args: argparse.Namespace) -> None:
+    from histofuse.embed import embed_shard
+
+    embed_shard(
+        args.tiles,
+        args.encoder,
+        args.out,
+        weights=args.weights,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=args.device,
+        dtype=args.dtype,
+        compile=args.compile,
+    )
+
+
+def _tokens(args: argparse.Namespace) -> None:
+    from histofuse.peka.tokens import embed_tokens
+
+    embed_tokens(
+        args.tiles,
+        args.encoder,
+        args.out,
+        blocks=args.blocks,
+        weights=args.weights,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+    )
+
+
+def _encoders(args: argparse.Namespace) -> None:
+    from histofuse.encoders.registry import get_spec, list_encoders
+
+    rows = []
+    for name in list_encoders():
+        spec = get_spec(name)
+        n_params = spec.n_params
+        if args.count or args.json:
+            from histofuse.encoders.model import build_trunk
+
+            n_params = sum(p.numel() for p in build_trunk(spec, device="meta").parameters())
+        rows.append(
+            {
+                "name": name,
+                "embed_dim": spec.embed_dim,
+                "n_params": n_params,
+                "input_size": spec.input_size,
+                "mean": list(spec.mean),
+                "std": list(spec.std),
+                "pooling": spec.pooling,
+                "weights": spec.weights,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{'name':<16} {'dim':>5} {'params':>12} {'input':>5} {'pooling':<9} weights")
+    for r in rows:
+        params = f"{r['n_params']:,}" if r["n_params"] else "-"
+        print(
+            f"{r['name']:<16} {r['embed_dim']:>5} {params:>12} {r['input_size']:>5} "
+            f"{r['pooling']:<9} {r['weights']}"
+        )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Adds this module's verbs to the ``histofuse`` parser."""
+    s = sub.add_parser("embed", help="embed the tiles of a shard with one encoder")
+    s.add_argument("--encoder", required=True)
+    s.add_argument("--tiles", nargs="+", required=True)
+    s.add_argument("--out", required=True, help="store path (.zarr)")
+    s.add_argument("--weights", default=None)
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--num-workers", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    s.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
+    s.set_defaults(func=_embed)
+
+    s = sub.add_parser("tokens", help="cache the tokens entering a ViT's last blocks (PEKA tail)")
+    s.add_argument("--encoder", required=True)
+    s.add_argument("--tiles", nargs="+", required=True)
+    s.add_argument("--out", required=True, help="store path (.zarr)")
+    s.add_argument("--blocks", type=int, default=1, help="k: the last k blocks are adapted")
+    s.add_argument("--weights", default=None)
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    s.set_defaults(func=_tokens)
+
+    s = sub.add_parser("encoders", help="list the encoder registry")
+    s.add_argument("--json", action="store_true")
+    s.add_argument(
+        "--count",
+        action="store_true",
+        help="count parameters from the built architecture (meta device; always on with --json)",
+    )
+    s.set_defaults(func=_encoders)

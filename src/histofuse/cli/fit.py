@@ -1,0 +1,110 @@
+"""The fit verbs: ``fit`` (spot heads), ``bulk-fit`` (slide heads), ``peka`` (PEKA adapters)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _fit(args: argparse.Namespace) -> None:
+    from histofuse.fit import fit_task
+
+    fit_task(
+        args.task,
+        json.loads(args.task_json),
+        args.samples,
+        args.stores,
+        args.features,
+        args.head,
+        json.loads(args.head_params),
+        args.metrics,
+        args.predictions,
+        memory_budget_mb=args.memory_budget_mb,
+    )
+
+
+def _bulk_fit(args: argparse.Namespace) -> None:
+    from histofuse.bulk.evaluate import fit_bulk_task
+
+    fit_bulk_task(
+        args.task,
+        json.loads(args.task_json),
+        args.samples,
+        args.table,
+        args.features,
+        args.aggregation,
+        args.head,
+        json.loads(args.head_params),
+        args.metrics,
+        args.predictions,
+        stores=args.stores or (),
+        embeddings=args.embeddings or (),
+    )
+
+
+def _peka(args: argparse.Namespace) -> None:
+    from histofuse.peka.run import peka_task
+
+    peka_task(
+        args.task,
+        json.loads(args.task_json),
+        args.samples,
+        args.features,
+        args.head,
+        json.loads(args.head_params),
+        json.loads(args.peka),
+        args.metrics,
+        args.predictions,
+        stores=args.stores or (),
+        token_stores=args.token_stores or (),
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Adds this module's verbs to the ``histofuse`` parser."""
+    s = sub.add_parser("fit", help="fit one head on one feature set for one task")
+    s.add_argument("--task", required=True)
+    s.add_argument("--task-json", required=True)
+    s.add_argument("--samples", required=True, help="sample sheet")
+    s.add_argument("--stores", nargs="+", required=True)
+    s.add_argument("--features", required=True, help="feature set name")
+    s.add_argument("--head", required=True)
+    s.add_argument("--head-params", default="{}")
+    s.add_argument("--metrics", required=True)
+    s.add_argument("--predictions", required=True)
+    s.add_argument(
+        "--memory-budget-mb",
+        type=float,
+        default=None,
+        help="stream features from the cache when they exceed this many MiB (float32)",
+    )
+    s.set_defaults(func=_fit)
+
+    s = sub.add_parser("bulk-fit", help="fit one slide head for a slide-level bulk task")
+    s.add_argument("--task", required=True)
+    s.add_argument("--task-json", required=True, help="the task's config (JSON)")
+    s.add_argument("--samples", required=True, help="sample sheet (slide → case)")
+    s.add_argument("--table", required=True, help="bulk table (.csv/.tsv/.parquet/.h5ad)")
+    s.add_argument("--features", required=True, help="feature set name")
+    s.add_argument("--aggregation", required=True, choices=["mean", "abmil", "slide"])
+    s.add_argument("--stores", nargs="*", help="feature stores (mean, abmil)")
+    s.add_argument("--embeddings", nargs="*", help="slide embedding tables (slide)")
+    s.add_argument("--head", required=True)
+    s.add_argument("--head-params", default="{}")
+    s.add_argument("--metrics", required=True)
+    s.add_argument("--predictions", required=True)
+    s.set_defaults(func=_bulk_fit)
+
+    s = sub.add_parser("peka", help="train PEKA adapters per fold and fit one head on them")
+    s.add_argument("--task", required=True)
+    s.add_argument("--task-json", required=True)
+    s.add_argument("--samples", required=True, help="sample sheet")
+    s.add_argument("--features", required=True, help="e.g. peka:uni, peka-tail:uni, teacher")
+    s.add_argument("--stores", nargs="*", help="feature stores of the encoder")
+    s.add_argument("--token-stores", nargs="*", help="token stores of the encoder (tail modes)")
+    s.add_argument("--head", required=True)
+    s.add_argument("--head-params", default="{}")
+    s.add_argument("--peka", default="{}", help="the `peka` config section as JSON")
+    s.add_argument("--metrics", required=True)
+    s.add_argument("--predictions", required=True)
+    s.set_defaults(func=_peka)

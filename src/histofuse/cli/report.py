@@ -1,0 +1,30 @@
+"""The ``report`` verb: summary tables and figures from metrics files."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+
+def _report(args: argparse.Namespace) -> None:
+    from histofuse.report.build import build_report, parse_options
+
+    summary = build_report(
+        args.metrics,
+        args.out,
+        predictions=args.predictions or (),
+        qc=args.qc or (),
+        options=parse_options(args.options),
+    )
+    logging.info("report: %d rows", len(summary))
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Adds this module's verbs to the ``histofuse`` parser."""
+    s = sub.add_parser("report", help="summary tables from metrics files")
+    s.add_argument("--metrics", nargs="+", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--predictions", nargs="*", help="predictions files (for the scatter plot)")
+    s.add_argument("--qc", nargs="*", help="tiling QC thumbnails (PNG) shown in index.html")
+    s.add_argument("--options", default="{}", help="report options as JSON (config `report`)")
+    s.set_defaults(func=_report)

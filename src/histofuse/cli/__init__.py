@@ -18,13 +18,13 @@ from histofuse.errors import HistofuseError
 
 def build_parser() -> argparse.ArgumentParser:
     """Returns the argument parser of the ``histofuse`` command."""
-    from histofuse.cli import embed, fit, report, tile
+    from histofuse.cli import demo, embed, fit, report, tile
 
     p = argparse.ArgumentParser(prog="histofuse", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"histofuse {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for module in (tile, embed, fit, report):
+    for module in (demo, tile, embed, fit, report):
         module.register(sub)
     return p
 

@@ -1,4 +1,4 @@
-"""The ``tile`` verb (tile coordinates of one or more samples) and ``demo-cohort``."""
+"""The ``tile`` verb: tile coordinates (spots or grid) of one or more samples."""
 
 from __future__ import annotations
 
@@ -9,26 +9,6 @@ import sys
 from pathlib import Path
 
 from histofuse.errors import HistofuseError
-
-
-def _demo_cohort(args: argparse.Namespace) -> None:
-    from histofuse.demo import write_demo_cohort
-
-    sheet = write_demo_cohort(
-        args.out,
-        seed=args.seed,
-        n_patients=args.patients,
-        slides_per_patient=args.slides_per_patient,
-        n_genes=args.genes,
-    )
-    print(sheet)
-    if args.hest_bench:
-        from histofuse.demo import write_demo_hest_bench
-
-        folder = write_demo_hest_bench(
-            sheet.parent, patch_px=args.hest_bench_px, patch_mpp=args.hest_bench_mpp
-        )
-        print(folder)
 
 
 def _beside(tiles: Path, suffix: str) -> Path:
@@ -173,19 +153,6 @@ def _tile(args: argparse.Namespace) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Adds this module's verbs to the ``histofuse`` parser."""
-    s = sub.add_parser("demo-cohort", help="write the synthetic demo cohort")
-    s.add_argument("--out", required=True)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--patients", type=int, default=3)
-    s.add_argument("--slides-per-patient", type=int, default=2)
-    s.add_argument("--genes", type=int, default=120)
-    s.add_argument(
-        "--hest-bench", action="store_true", help="also write OUT/hest-bench, a HEST-Bench task"
-    )
-    s.add_argument("--hest-bench-px", type=int, default=224, help="side of its stored patches")
-    s.add_argument("--hest-bench-mpp", type=float, default=0.5, help="µm/px of its patches")
-    s.set_defaults(func=_demo_cohort)
-
     s = sub.add_parser("tile", help="tile coordinates (spots or grid) of one or more samples")
     s.add_argument("--sample", action="append", required=True, help="repeat with --sheet")
     s.add_argument("--sheet", help="sample sheet: tile the given samples into --out-dir")

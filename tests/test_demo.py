@@ -337,3 +337,17 @@ def test_bad_ids_arguments():
         sample_ids(0)
     with pytest.raises(ValueError, match="slides_per_patient"):
         sample_ids(2, -1)
+
+
+def test_layout_names_every_file_written(tmp_path):
+    from histofuse.demo import write_demo_hest_bench
+    from histofuse.demo.layout import DemoLayout
+
+    sheet = small(tmp_path, 2, n_patients=2, mpp=1.0, n_genes=12)
+    write_demo_hest_bench(tmp_path, patch_px=16, patch_mpp=1.0, n_genes=5)
+    layout = DemoLayout(tmp_path, patients=2, slides_per_patient=1, hest_bench=True)
+    assert sheet == layout.sheet
+    expected = {layout.sheet, layout.marker, layout.bulk_table, *layout.hest_bench_files()}
+    expected |= {layout.slide(s) for s in layout.sample_ids}
+    expected |= {layout.expression(s) for s in layout.sample_ids}
+    assert {p for p in tmp_path.rglob("*") if p.is_file()} == expected

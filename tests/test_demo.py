@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from histofuse.demo import demo_sample_ids, write_demo_cohort
+from histofuse.demo import write_demo_cohort
+from histofuse.demo.layout import sample_ids
 
 openslide = pytest.importorskip("openslide")
 ad = pytest.importorskip("anndata")
@@ -60,9 +61,9 @@ def nuclear_fraction(patch: np.ndarray) -> float:
 
 
 def test_sample_ids():
-    assert demo_sample_ids() == ["P1-S1", "P1-S2", "P2-S1", "P2-S2", "P3-S1", "P3-S2"]
-    assert demo_sample_ids(2, 3) == ["P1-S1", "P1-S2", "P1-S3", "P2-S1", "P2-S2", "P2-S3"]
-    assert demo_sample_ids(1, 1) == ["P1-S1"]
+    assert sample_ids() == ["P1-S1", "P1-S2", "P2-S1", "P2-S2", "P3-S1", "P3-S2"]
+    assert sample_ids(2, 3) == ["P1-S1", "P1-S2", "P1-S3", "P2-S1", "P2-S2", "P2-S3"]
+    assert sample_ids(1, 1) == ["P1-S1"]
 
 
 def test_import_is_cheap():
@@ -81,7 +82,7 @@ def test_sample_sheet(cohort, sheet):
         header = fh.readline().rstrip("\n").split("\t")
     assert header == ["sample_id", "patient_id", "slide", "expression", "mpp"]
     ids = [row["sample_id"] for row in sheet]
-    assert ids == demo_sample_ids()
+    assert ids == sample_ids()
     assert len(ids) >= 6
     assert len({row["patient_id"] for row in sheet}) >= 3
     for row in sheet:
@@ -333,6 +334,20 @@ def test_bad_arguments(tmp_path, kwargs, name):
 
 def test_bad_ids_arguments():
     with pytest.raises(ValueError, match="n_patients"):
-        demo_sample_ids(0)
+        sample_ids(0)
     with pytest.raises(ValueError, match="slides_per_patient"):
-        demo_sample_ids(2, -1)
+        sample_ids(2, -1)
+
+
+def test_layout_names_every_file_written(tmp_path):
+    from histofuse.demo import write_demo_hest_bench
+    from histofuse.demo.layout import DemoLayout
+
+    sheet = small(tmp_path, 2, n_patients=2, mpp=1.0, n_genes=12)
+    write_demo_hest_bench(tmp_path, patch_px=16, patch_mpp=1.0, n_genes=5)
+    layout = DemoLayout(tmp_path, patients=2, slides_per_patient=1, hest_bench=True)
+    assert sheet == layout.sheet
+    expected = {layout.sheet, layout.marker, layout.bulk_table, *layout.hest_bench_files()}
+    expected |= {layout.slide(s) for s in layout.sample_ids}
+    expected |= {layout.expression(s) for s in layout.sample_ids}
+    assert {p for p in tmp_path.rglob("*") if p.is_file()} == expected

@@ -6,6 +6,7 @@ plan predicts them (so Snakemake knows the demo's outputs before it runs); cheap
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,16 @@ def check_int(name: str, value: object, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_float(name: str, value: object, minimum: float) -> float:
+    """``value`` as a float, or a ValueError naming ``name`` unless it is finite and ≥ minimum."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{name} must be a finite number >= {minimum}, got {value!r}")
+    return value
 
 
 def sample_ids(n_patients: int = 3, slides_per_patient: int = 2) -> list[str]:
@@ -64,6 +75,21 @@ def slide_path(sample_id: str) -> str:
 def expression_path(sample_id: str) -> str:
     """A sample's spot counts, relative to the cohort folder (as the sheet lists it)."""
     return f"st/{sample_id}.h5ad"
+
+
+def hest_bench_patches_path(sample_id: str) -> str:
+    """A sample's patches, relative to the HEST-Bench task folder (as its splits list them)."""
+    return f"patches/{sample_id}.h5"
+
+
+def hest_bench_expression_path(sample_id: str) -> str:
+    """A sample's spot counts, relative to the HEST-Bench task folder (as its splits list them)."""
+    return f"adata/{sample_id}.h5ad"
+
+
+def hest_bench_split_path(side: str, fold: int) -> str:
+    """A fold's ``train`` or ``test`` split, relative to the HEST-Bench task folder."""
+    return f"splits/{side}_{fold}.csv"
 
 
 @dataclass(frozen=True)
@@ -109,6 +135,11 @@ class DemoLayout:
         return self.root / SHEET
 
     @property
+    def marker(self) -> Path:
+        """The completion marker, written last (the generator's parameters)."""
+        return self.root / MARKER
+
+    @property
     def bulk_table(self) -> Path:
         """The slide-level bulk table."""
         return self.root / BULK_TABLE
@@ -131,9 +162,10 @@ class DemoLayout:
         if not self.hest_bench:
             return []
         d, ids = self.hest_bench_dir, self.hest_bench_ids
-        files = [d / "patches" / f"{s}.h5" for s in ids] + [d / "adata" / f"{s}.h5ad" for s in ids]
+        files = [d / hest_bench_patches_path(s) for s in ids]
+        files += [d / hest_bench_expression_path(s) for s in ids]
         files += [
-            d / "splits" / f"{side}_{i}.csv"
+            d / hest_bench_split_path(side, i)
             for i in range(self.patients)
             for side in ("train", "test")
         ]

@@ -1,10 +1,10 @@
 """GPU slots for local runs: two concurrent GPU jobs never share a device.
 
 Snakemake counts ``resources: gpu`` locally but never says which device a job should use. On a
-multi-GPU workstation each embed job therefore takes an exclusive lock on one device slot (a
-``flock`` on ``<lock dir>/gpu<N>.lock``) for its lifetime, and runs on that device. On SLURM,
-cgroups already isolate devices, so only the device the job sees is used. Locks are released
-by the kernel when the process exits, even on ``kill -9``.
+multi-GPU workstation each encoder job (``embed``, ``tokens``) therefore takes an exclusive lock
+on one device slot (a ``flock`` on ``<lock dir>/gpu<N>.lock``) for its lifetime, and runs on that
+device. On SLURM, cgroups already isolate devices, so only the device the job sees is used. Locks
+are released by the kernel when the process exits, even on ``kill -9``.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def gpu_slot(n_devices: int, timeout: float = 3600.0, poll: float = 0.5) -> Iter
 def claim_device(
     device: str, n_devices: int | None = None, timeout: float = 3600.0
 ) -> Iterator[str]:
-    """Resolves an embed job's device, holding a GPU slot for the job's lifetime.
+    """Resolves an encoder job's device, holding a GPU slot for the job's lifetime.
 
     ``auto`` means ``cuda`` when a GPU is visible, else ``cpu``. ``cuda`` (no index) takes the
     first free slot among the visible devices (:func:`gpu_slot`) and yields ``cuda:<slot>``;

@@ -26,5 +26,5 @@ rule embed:
     shell:
         "OMP_NUM_THREADS={threads} histofuse embed --encoder {wildcards.encoder}"
         " --tiles {input.tiles:q} --out {output.store:q} {params.weights}"
-        " --batch-size {params.batch_size} --num-workers {params.num_workers}"
-        " --device {params.device} --dtype {params.dtype} > {log:q} 2>&1"
+        """ --embed '{{"batch_size": {params.batch_size}, "num_workers": {params.num_workers},"""
+        """ "device": "{params.device}", "dtype": "{params.dtype}"}}' > {log:q} 2>&1"""

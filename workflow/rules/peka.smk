@@ -28,8 +28,9 @@ rule tokens:
     shell:
         "OMP_NUM_THREADS={threads} histofuse tokens --encoder {wildcards.encoder}"
         " --tiles {input.tiles:q} --out {output.store:q} --blocks {params.blocks} {params.weights}"
-        " --batch-size {params.batch_size} --device {params.device} --dtype {params.dtype}"
-        " > {log:q} 2>&1"
+        " --dtype {params.dtype}"
+        """ --embed '{{"batch_size": {params.batch_size}, "device": "{params.device}","""
+        """ "num_workers": {config[embed][num_workers]}}}' > {log:q} 2>&1"""
 
 
 rule peka:

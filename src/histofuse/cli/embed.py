@@ -5,36 +5,30 @@ from __future__ import annotations
 import argparse
 import json
 
+from histofuse import settings
+from histofuse.settings import Embed
+
+
+def _settings(args: argparse.Namespace) -> Embed:
+    """The ``embed`` section given with ``--embed`` (a key left out takes the schema default)."""
+    return settings.load(Embed, "embed", settings.load_document(args.embed))
+
 
 def _embed(args: argparse.Namespace) -> None:
-    from histofuse.embed import embed_shard
+    from histofuse.embed import Features
+    from histofuse.encoders.run import run_encoder
 
-    embed_shard(
-        args.tiles,
-        args.encoder,
-        args.out,
-        weights=args.weights,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        device=args.device,
-        dtype=args.dtype,
-        compile=args.compile,
-    )
+    cfg = _settings(args)
+    output = Features(cfg.dtype, compile=args.compile)
+    run_encoder(output, args.tiles, args.encoder, args.out, args.weights, cfg)
 
 
 def _tokens(args: argparse.Namespace) -> None:
-    from histofuse.peka.tokens import embed_tokens
+    from histofuse.encoders.run import run_encoder
+    from histofuse.peka.tokens import Tokens
 
-    embed_tokens(
-        args.tiles,
-        args.encoder,
-        args.out,
-        blocks=args.blocks,
-        weights=args.weights,
-        batch_size=args.batch_size,
-        device=args.device,
-        dtype=args.dtype,
-    )
+    output = Tokens(args.blocks, args.dtype)
+    run_encoder(output, args.tiles, args.encoder, args.out, args.weights, _settings(args))
 
 
 def _encoders(args: argparse.Namespace) -> None:
@@ -72,29 +66,33 @@ def _encoders(args: argparse.Namespace) -> None:
         )
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Adds this module's verbs to the ``histofuse`` parser."""
-    s = sub.add_parser("embed", help="embed the tiles of a shard with one encoder")
+def _job_arguments(s: argparse.ArgumentParser) -> None:
+    """The arguments of one encoder job: encoder, tiles, store, weights and embed settings."""
     s.add_argument("--encoder", required=True)
     s.add_argument("--tiles", nargs="+", required=True)
     s.add_argument("--out", required=True, help="store path (.zarr)")
     s.add_argument("--weights", default=None)
-    s.add_argument("--batch-size", type=int, default=64)
-    s.add_argument("--num-workers", type=int, default=0)
-    s.add_argument("--device", default="auto")
-    s.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    s.add_argument(
+        "--embed",
+        default="{}",
+        help="the `embed` config section as inline JSON or a .json/.yaml file, e.g. "
+        '\'{"batch_size": 128, "device": "cpu"}\'; a key left out takes its default',
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Adds this module's verbs to the ``histofuse`` parser."""
+    s = sub.add_parser("embed", help="embed the tiles of a shard with one encoder")
+    _job_arguments(s)
     s.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
     s.set_defaults(func=_embed)
 
     s = sub.add_parser("tokens", help="cache the tokens entering a ViT's last blocks (PEKA tail)")
-    s.add_argument("--encoder", required=True)
-    s.add_argument("--tiles", nargs="+", required=True)
-    s.add_argument("--out", required=True, help="store path (.zarr)")
-    s.add_argument("--blocks", type=int, default=1, help="k: the last k blocks are adapted")
-    s.add_argument("--weights", default=None)
-    s.add_argument("--batch-size", type=int, default=64)
-    s.add_argument("--device", default="auto")
-    s.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    _job_arguments(s)
+    s.add_argument("--blocks", type=int, required=True, help="k: the last k blocks are adapted")
+    s.add_argument(
+        "--dtype", required=True, choices=["float16", "float32"], help="token dtype on disk"
+    )
     s.set_defaults(func=_tokens)
 
     s = sub.add_parser("encoders", help="list the encoder registry")

@@ -97,6 +97,17 @@ _HF_BLOCK = {
 }
 
 
+_HF_TOP = {
+    "embeddings.cls_token": "cls_token",
+    "embeddings.register_tokens": "reg_token",
+    "embeddings.position_embeddings": "pos_embed",
+}
+_HF_TOP_PREFIX = {
+    "embeddings.patch_embeddings.projection.": "patch_embed.proj.",
+    "layernorm.": "norm.",
+}
+
+
 def remap_hf_vit(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Maps Hugging Face ``ViTModel``/``Dinov2Model`` keys to timm ``VisionTransformer`` keys.
 
@@ -117,35 +128,48 @@ def remap_hf_vit(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             key = key.removeprefix(prefix)
         if key.startswith(("pooler.", "embeddings.mask_token")):
             continue
-        if key == "embeddings.cls_token":
-            out["cls_token"] = value
-        elif key == "embeddings.register_tokens":
-            out["reg_token"] = value
-        elif key == "embeddings.position_embeddings":
-            out["pos_embed"] = value
-        elif key.startswith("embeddings.patch_embeddings.projection."):
-            out["patch_embed.proj." + key.rsplit(".", 1)[1]] = value
-        elif key.startswith("layernorm."):
-            out["norm." + key.rsplit(".", 1)[1]] = value
-        elif key.startswith("encoder.layer."):
-            idx, rest = key.removeprefix("encoder.layer.").split(".", 1)
-            block = int(idx)
-            name, kind = rest.rsplit(".", 1)
-            if name.startswith("attention.attention."):
-                qkv.setdefault((block, kind), {})[name.rsplit(".", 1)[1]] = value
-            elif name in _HF_BLOCK:
-                out[f"blocks.{block}.{_HF_BLOCK[name]}.{kind}"] = value
-            elif rest in _HF_BLOCK:
-                out[f"blocks.{block}.{_HF_BLOCK[rest]}"] = value
-            else:
-                out[key] = value
+        if not key.startswith("encoder.layer."):
+            out[_hf_top_key(key)] = value
+            continue
+        block, part, kind = _hf_qkv_part(key)
+        if part is None:
+            out[_hf_block_key(key)] = value
         else:
-            out[key] = value
+            qkv.setdefault((block, kind), {})[part] = value
     for (block, kind), parts in qkv.items():
         out[f"blocks.{block}.attn.qkv.{kind}"] = torch.cat(
             [parts["query"], parts["key"], parts["value"]], dim=0
         )
     return out
+
+
+def _hf_top_key(key: str) -> str:
+    """The timm key of an HF parameter outside the blocks (unchanged when not an HF name)."""
+    if key in _HF_TOP:
+        return _HF_TOP[key]
+    for hf, timm_prefix in _HF_TOP_PREFIX.items():
+        if key.startswith(hf):
+            return timm_prefix + key.rsplit(".", 1)[1]
+    return key
+
+
+def _hf_qkv_part(key: str) -> tuple[int, str | None, str]:
+    """(block, ``query``/``key``/``value`` or None, ``weight``/``bias``) of an HF block key."""
+    idx, rest = key.removeprefix("encoder.layer.").split(".", 1)
+    name, kind = rest.rsplit(".", 1)
+    part = name.rsplit(".", 1)[1] if name.startswith("attention.attention.") else None
+    return int(idx), part, kind
+
+
+def _hf_block_key(key: str) -> str:
+    """The timm key of an HF block parameter other than query/key/value."""
+    idx, rest = key.removeprefix("encoder.layer.").split(".", 1)
+    name, kind = rest.rsplit(".", 1)
+    if name in _HF_BLOCK:
+        return f"blocks.{int(idx)}.{_HF_BLOCK[name]}.{kind}"
+    if rest in _HF_BLOCK:
+        return f"blocks.{int(idx)}.{_HF_BLOCK[rest]}"
+    return key
 
 
 KEY_MAPPERS = {"hf-vit": remap_hf_vit}

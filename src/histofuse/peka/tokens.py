@@ -5,6 +5,10 @@ atomic, manifest written last, provenance) whose rows are the tokens of one tile
 ``T · D`` values (float16 by default); ``provenance["tokens"]`` records ``n_tokens``, ``dim``,
 ``blocks`` (k), ``start_block`` and ``bytes_per_tile``. Training in ``peka-tail`` mode reads only
 this cache and the encoder's weights: no slide is opened.
+
+The encoder run (device and GPU slot, failed samples, streaming, the store and its provenance) is
+:func:`histofuse.encoders.run.run_encoder`, shared with the embed stage; :class:`Tokens` says what
+is computed per batch and how the store is keyed.
 """
 
 from __future__ import annotations
@@ -12,17 +16,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import logging
-import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from histofuse.encoders.run import Forward, embed_settings, run_encoder
 from histofuse.errors import HistofuseError
-
-log = logging.getLogger(__name__)
 
 
 class _Enough(Exception):
@@ -35,17 +37,93 @@ def tokens_key(spec_fingerprint: str, weights_sha256: str, tiling: str, k: int, 
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class Tokens:
+    """The token cache's output: per tile, the tokens entering block ``L - blocks``, flattened.
+
+    The tokens are taken at full precision (no autocast) and the blocks after the cached point
+    never run.
+
+    Attributes:
+        blocks: k, the number of final blocks that tail mode adapts (``peka.tail_blocks``).
+        dtype: Token dtype on disk (``peka.tokens_dtype``).
+    """
+
+    blocks: int
+    dtype: str
+    label = "tokens"
+
+    def cache_key(self, model: Any, tiling_fingerprint: str) -> str:
+        """The token store's cache key (:func:`tokens_key`)."""
+        return tokens_key(
+            model.spec.fingerprint(),
+            model.weights_sha256,
+            tiling_fingerprint,
+            self.blocks,
+            self.dtype,
+        )
+
+    @contextlib.contextmanager
+    def forward(self, model: Any) -> Iterator[Forward]:
+        """Captures the input of block ``L - blocks`` with a hook, removed when the run ends.
+
+        Raises:
+            HistofuseError: If the encoder is not a ViT with enough blocks.
+        """
+        import torch
+
+        from histofuse.peka.adapters import check_vit
+
+        check_vit(model, self.blocks)
+        start = len(model.trunk.blocks) - self.blocks
+        captured: list[torch.Tensor] = []
+
+        def hook(_module: Any, args: tuple[torch.Tensor, ...]) -> None:
+            captured.append(args[0].detach().float().cpu())
+            raise _Enough
+
+        def tokens(x: torch.Tensor) -> torch.Tensor:
+            captured.clear()
+            with contextlib.suppress(_Enough):
+                model(x)
+            return captured[0]
+
+        def rows(x: torch.Tensor) -> torch.Tensor:
+            return tokens(x).flatten(1)
+
+        handle = model.trunk.blocks[start].register_forward_pre_hook(hook)
+        try:
+            # One blank tile gives the shape of every tile's tokens.
+            size = model.spec.input_size
+            blank = torch.zeros((1, size, size, 3), dtype=torch.uint8, device=model.mean.device)
+            with torch.inference_mode():
+                n_tokens, dim = (int(n) for n in tokens(blank).shape[1:])
+            info = {
+                "blocks": self.blocks,
+                "start_block": start,
+                "n_tokens": n_tokens,
+                "dim": dim,
+                "bytes_per_tile": n_tokens * dim * np.dtype(self.dtype).itemsize,
+            }
+            yield Forward(rows, n_tokens * dim, autocast=False, provenance={"tokens": info})
+        finally:
+            handle.remove()
+
+
 def embed_tokens(
     tiles: Sequence[str | Path],
     encoder: str,
     out: str | Path,
-    blocks: int = 1,
+    blocks: int,
     weights: str | Path | None = None,
-    batch_size: int = 64,
-    device: str = "cpu",
     dtype: str = "float16",
+    **embed: Any,
 ) -> dict[str, Any]:
     """Caches, for every tile, the tokens entering the last ``blocks`` blocks of a ViT encoder.
+
+    Samples the tile step recorded as failed get no tokens; their reasons are kept in the
+    store's provenance (``failed_samples``). ``device`` ``auto`` or ``cuda`` (no index) holds one
+    GPU exclusively for the whole job (:func:`histofuse.devices.claim_device`).
 
     Args:
         tiles: Tiles tables (one per sample) or folders of them.
@@ -53,9 +131,10 @@ def embed_tokens(
         out: Store path (``….zarr``); its manifest is written last.
         blocks: k, the number of final blocks that tail mode adapts.
         weights: Weights file overriding the spec's default.
-        batch_size: Tiles per forward pass.
-        device: ``auto``, ``cpu`` or ``cuda[:N]``.
         dtype: Token dtype on disk.
+        **embed: Keys of the ``embed`` config section (``batch_size``, ``num_workers``,
+            ``device``; its ``dtype`` is that of features, not tokens); a key left out takes the
+            schema's default.
 
     Returns:
         The store's provenance.
@@ -63,88 +142,8 @@ def embed_tokens(
     Raises:
         HistofuseError: If the encoder is not a ViT with enough blocks.
     """
-    import torch
-    from torch.utils.data import DataLoader
-
-    from histofuse.cache.store import FeatureStoreWriter
-    from histofuse.encoders.model import create_encoder
-    from histofuse.peka.adapters import check_vit
-    from histofuse.slides.reader import open_tile_source
-    from histofuse.slides.tiling import read_tiles
-
-    t0 = time.perf_counter()
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = create_encoder(encoder, weights=weights, device=device)
-    check_vit(model, blocks)
-    start = len(model.trunk.blocks) - blocks
-    captured: list[torch.Tensor] = []
-
-    def hook(_module: Any, args: tuple[torch.Tensor, ...]) -> None:
-        captured.append(args[0].detach().float().cpu())
-        raise _Enough
-
-    handle = model.trunk.blocks[start].register_forward_pre_hook(hook)
-    files: list[Path] = []
-    for p in map(Path, tiles):
-        files.extend(sorted(p.glob("*.parquet")) if p.is_dir() else [p])
-    tables = [(p, *read_tiles(p)) for p in files]
-    fingerprints = sorted({meta["tiling_fingerprint"] for _, _, meta in tables})
-    if len(fingerprints) > 1:
-        raise HistofuseError(
-            f"tiles of one shard were cut with different tiling specs ({fingerprints}); re-run "
-            "the tile step for all samples"
-        )
-    fingerprint = fingerprints[0] if fingerprints else ""
-    provenance: dict[str, Any] = {
-        "cache_key": tokens_key(
-            model.spec.fingerprint(), model.weights_sha256, fingerprint, blocks, dtype
-        ),
-        "encoder": model.spec.to_dict(),
-        "weights_sha256": model.weights_sha256,
-        "weights_source": str(weights) if weights is not None else model.spec.weights,
-        "tiling": tables[0][2].get("tiling", {}) if tables else {},
-        "tiling_fingerprint": fingerprint,
-        "device": device,
-    }
-    shape = None
-    try:
-        with FeatureStoreWriter(out, provenance, dtype=dtype) as writer:
-            for path, table, meta in tables:
-                loader = DataLoader(open_tile_source(table, meta), batch_size=batch_size)
-                parts = []
-                for batch in loader:
-                    captured.clear()
-                    with torch.inference_mode(), contextlib.suppress(_Enough):
-                        model(batch.to(device))
-                    parts.append(captured[0].numpy())
-                if parts:
-                    tok = np.concatenate(parts)
-                    shape = tok.shape[1:]
-                    flat = tok.reshape(len(tok), -1)
-                else:
-                    flat = np.zeros((0, 1), np.float32)
-                coords = np.rint(table[["x", "y"]].to_numpy()).astype(np.int64)
-                barcodes = table["barcode"].to_numpy() if "barcode" in table else None
-                writer.add(path.name.removesuffix(".parquet"), flat, coords, barcodes)
-            n_tok, dim = shape if shape is not None else (0, 0)
-            writer.provenance["tokens"] = {
-                "blocks": blocks,
-                "start_block": start,
-                "n_tokens": int(n_tok),
-                "dim": int(dim),
-                "bytes_per_tile": int(n_tok * dim * np.dtype(dtype).itemsize),
-            }
-            writer.provenance["seconds"] = time.perf_counter() - t0
-    finally:
-        handle.remove()
-    log.info(
-        "cached tokens entering block %d of %s: %s bytes per tile",
-        start,
-        encoder,
-        writer.provenance["tokens"]["bytes_per_tile"],
-    )
-    return writer.provenance
+    settings = embed_settings(**embed)
+    return run_encoder(Tokens(blocks, dtype), tiles, encoder, out, weights, settings)
 
 
 def read_tokens(

@@ -129,7 +129,7 @@ def _repeat(tiles: list[Path], out: Path, n: int) -> list[Path]:
 def _pure_forward(encoder: str, n: int, size: int, device: str, repeats: int, batch: int) -> float:
     import torch
 
-    from histofuse.embed import amp_settings
+    from histofuse.encoders.run import amp_settings
     from histofuse.encoders.model import create_encoder
 
     model = create_encoder(encoder, device=device)

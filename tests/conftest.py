@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -70,10 +71,8 @@ def embed_cmd(tiles: list[Path], out: Path, batch_size: int = 64) -> list[str]:
         *map(str, tiles),
         "--out",
         str(out),
-        "--batch-size",
-        str(batch_size),
-        "--device",
-        "cpu",
+        "--embed",
+        json.dumps({"batch_size": batch_size, "device": "cpu", "num_workers": 0}),
     ]
 
 

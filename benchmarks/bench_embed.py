@@ -129,8 +129,8 @@ def _repeat(tiles: list[Path], out: Path, n: int) -> list[Path]:
 def _pure_forward(encoder: str, n: int, size: int, device: str, repeats: int, batch: int) -> float:
     import torch
 
-    from histofuse.encoders.run import amp_settings
     from histofuse.encoders.model import create_encoder
+    from histofuse.encoders.run import amp_settings
 
     model = create_encoder(encoder, device=device)
     use_amp, amp_dtype = amp_settings(model.spec, device)

@@ -5,7 +5,7 @@ import pytest
 import zarr
 from zarr.codecs import BytesCodec, TransposeCodec
 
-from histofuse.cache.store import (
+from histofuse.cache import (
     FeatureStoreWriter,
     manifest_path,
     open_features,
@@ -103,7 +103,7 @@ def test_mismatched_lengths_rejected(tmp_path):
 
 def test_load_and_blocks_match_the_written_features(tmp_path):
     """The in-memory read, and dask blocks split across and within samples, give the same rows."""
-    from histofuse.cache import store as store_mod
+    from histofuse.cache import chunks, reader
 
     a, b = tmp_path / "a.zarr", tmp_path / "b.zarr"
     data = _write(a, samples=("A", "B", "C"), dim=16)
@@ -117,11 +117,11 @@ def test_load_and_blocks_match_the_written_features(tmp_path):
     arrays = [
         zarr.open_group(str(a), mode="r")[s]["features"]._async_array for s in ("A", "B", "C")
     ]
-    blocks = store_mod._blocks(arrays, max_bytes=4 * 16 * 2)
+    blocks = reader._blocks(arrays, max_bytes=4 * 16 * 2)
     rows = [sum(stop - start for _, start, stop in blk) for blk in blocks]
     assert rows == [5, 6, 7]
-    assert [len(blk) for blk in store_mod._blocks(arrays, max_bytes=1 << 20)] == [3]
-    got = np.concatenate([store_mod._read_block(blk, 16, "float16") for blk in blocks])
+    assert [len(blk) for blk in reader._blocks(arrays, max_bytes=1 << 20)] == [3]
+    got = np.concatenate([chunks.read_block(blk, 16, "float16") for blk in blocks])
     np.testing.assert_array_equal(got, expected[:18])
 
 
@@ -155,25 +155,25 @@ def _zarr_array(root, name, data, **layout):
 def test_direct_row_reads_equal_zarr_reads(tmp_path, layout, direct, dtype):
     """Raw layouts are read straight from the files, others through zarr; rows agree either way,
     for every row range, with edge chunks and with chunks and shards never written (zeros)."""
-    from histofuse.cache import store as store_mod
+    from histofuse.cache import chunks
 
     data = np.arange(25 * 3).reshape(25, 3).astype(dtype) + 1
     data[4:8] = 0  # a whole chunk of fill values: not written (missing in the shard index)
     data[12:24] = 0  # a whole shard of fill values: no file at all when sharded by 12
     array = _zarr_array(zarr.open_group(str(tmp_path / "s.zarr"), mode="w"), "f", data, **layout)
-    assert (store_mod._raw_rows(array) is not None) == direct
+    assert (chunks.raw_rows(array) is not None) == direct
     for start, stop in [(0, 25), (3, 9), (4, 8), (11, 13), (12, 24), (24, 25), (5, 5)]:
-        got = store_mod._read_block([(array, start, stop)], 3, dtype)
+        got = chunks.read_block([(array, start, stop)], 3, dtype)
         np.testing.assert_array_equal(got, data[start:stop], err_msg=f"rows {start}-{stop}")
 
 
 def test_samples_larger_than_a_shard_span_several_files(tmp_path, monkeypatch):
     """A sample of many chunks is written as shard files of SHARD_CHUNKS chunks; a whole read,
     the dask array and small streamed blocks all give the written rows."""
-    from histofuse.cache import store as store_mod
+    from histofuse.cache import writer
 
-    monkeypatch.setattr(store_mod, "CHUNK_BYTES", 5 * 8 * 2)  # 5 rows of 8 float16
-    monkeypatch.setattr(store_mod, "SHARD_CHUNKS", 3)
+    monkeypatch.setattr(writer, "CHUNK_BYTES", 5 * 8 * 2)  # 5 rows of 8 float16
+    monkeypatch.setattr(writer, "SHARD_CHUNKS", 3)
     rng = np.random.default_rng(0)
     feats = {s: rng.normal(size=(n, 8)).astype(np.float16) for s, n in [("A", 37), ("B", 4)]}
     store = tmp_path / "s.zarr"

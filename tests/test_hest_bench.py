@@ -9,7 +9,10 @@ from histofuse.errors import HistofuseError
 from histofuse.samples import load_samples
 from histofuse.slides.patches import patch_tiles, read_hest_bench
 from histofuse.slides.reader import TileDataset, open_tile_source
+from histofuse.slides.spec import TilingSpec
 from histofuse.slides.tiling import read_tiles
+
+SPEC = TilingSpec.from_config({"patch_um": 56.0, "target_mpp": 1.0})
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +59,12 @@ def test_hest_bench_folder_gives_samples_splits_and_genes(bench_folder, small_co
 
 
 def test_precut_patches_are_a_tile_source_for_embedding(bench_folder, small_tiles, tmp_path):
-    from histofuse.cache.store import open_features
+    from histofuse.cache import open_features
     from histofuse.embed import embed_shard
     from histofuse.slides.tiling import write_tiles
 
     sid, path = next(iter(small_tiles.items()))
-    table, meta = patch_tiles(bench_folder / "patches" / f"{sid}.h5", 56.0, 1.0)
+    table, meta = patch_tiles(bench_folder / "patches" / f"{sid}.h5", SPEC)
     ref_table, ref_meta = read_tiles(path)
     assert table["barcode"].tolist() == ref_table["barcode"].tolist()
     ds, ref = open_tile_source(table, meta), open_tile_source(ref_table, ref_meta)
@@ -86,7 +89,7 @@ def test_hest_bench_errors_name_the_file(bench_folder, tmp_path):
     with pytest.raises(HistofuseError, match=f"{victim.name} is missing"):
         read_hest_bench(broken)
     with pytest.raises(HistofuseError, match="does not exist"):
-        patch_tiles(victim)
+        patch_tiles(victim, SPEC)
 
 
 @pytest.fixture(scope="module")
@@ -156,8 +159,8 @@ def test_hest_bench_task_embeds_the_patches_and_fits_on_the_official_splits(demo
     for sid, row in table.iterrows():
         out = tmp_path / "tiles" / f"{sid}.parquet"
         r = subprocess.run(
-            [str(exe), "tile", "--sample", sid, "--patches", row["patches"], "--patch-um", "56",
-             "--target-mpp", "1", "--out", str(out)],
+            [str(exe), "tile", "--sample", sid, "--patches", row["patches"], "--tiling",
+             '{"patch_um": 56, "target_mpp": 1}', "--out", str(out)],
             capture_output=True, text=True,
         )  # fmt: skip
         assert r.returncode == 0, r.stderr
@@ -229,7 +232,7 @@ def test_shard_tiling_cuts_sheet_slides_and_hest_bench_patches_in_one_job(
     out = tmp_path / "shard"
     r = subprocess.run(
         [str(exe), "tile", "--sheet", str(small_cohort), "--sample", "P1-S1", "--sample",
-         "T.P2-S1", "--hest-bench", f"T={demo_bench}", "--patch-um", "56", "--target-mpp", "1",
+         "T.P2-S1", "--hest-bench", f"T={demo_bench}", "--tiling", '{"patch_um": 56, "target_mpp": 1}',
          "--out-dir", str(out)],
         capture_output=True, text=True,
     )  # fmt: skip

@@ -86,7 +86,7 @@ def test_hest1k_folder_becomes_the_sample_table(small_cohort, tmp_path):
     )
     assert (table["mpp"] == 0.5).all() and table["slide"].str.endswith(".tif").all()
     assert (table["mpp_source"] == "hest-metadata").all()
-    spec = TilingSpec(patch_um=56.0, target_mpp=1.0)
+    spec = TilingSpec.from_config({"patch_um": 56.0, "target_mpp": 1.0})
     row = table.loc[first]
     tiles, meta, _ = tile_sample(
         row["slide"], spec, row["expression"], row["mpp"], mpp_source=row["mpp_source"]
@@ -99,8 +99,8 @@ def test_hest1k_folder_becomes_the_sample_table(small_cohort, tmp_path):
 
     exe = Path(sys.executable).parent / "histofuse"
     r = subprocess.run(
-        [str(exe), "tile", "--sheet", str(hest), "--sample", first, "--patch-um", "56",
-         "--target-mpp", "1", "--out-dir", str(tmp_path / "tiles")],
+        [str(exe), "tile", "--sheet", str(hest), "--sample", first, "--tiling",
+         '{"patch_um": 56, "target_mpp": 1}', "--out-dir", str(tmp_path / "tiles")],
         capture_output=True, text=True,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr

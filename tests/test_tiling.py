@@ -65,7 +65,7 @@ def test_slide_without_mpp_needs_an_override(small_cohort, tmp_path):
         w, h = s.dimensions
     img = np.full((h, w, 3), 230, dtype=np.uint8)
     tifffile.imwrite(slide, img, tile=(256, 256), photometric="rgb", compression="jpeg")
-    spec = TilingSpec(patch_um=56.0, target_mpp=1.0)
+    spec = TilingSpec.from_config({"patch_um": 56.0, "target_mpp": 1.0})
     with pytest.raises(HistofuseError, match="nompp.tiff has no µm/px.*`mpp` column"):
         tile_spots(slide, expr, spec)
     table, meta = tile_spots(slide, expr, spec, mpp_override=0.5)
@@ -90,7 +90,7 @@ def test_spots_outside_the_slide_are_an_error(small_cohort, tmp_path):
     moved = tmp_path / "moved.h5ad"
     adata.write_h5ad(moved)
     with pytest.raises(HistofuseError, match="spot centres lie outside slide"):
-        tile_spots(sheet["slide"].iloc[0], moved, TilingSpec())
+        tile_spots(sheet["slide"].iloc[0], moved, TilingSpec.from_config())
 
 
 def test_tiles_file_round_trip_and_errors(tmp_path, small_tiles):
@@ -108,7 +108,9 @@ def test_grid_tiles_match_an_independent_grid_over_tissue(small_cohort, tmp_path
 
     sheet = load_samples(small_cohort)
     slide = sheet["slide"].iloc[0]
-    spec = TilingSpec(mode="grid", patch_um=48.0, target_mpp=0.75, stride_um=40.0, min_tissue=0.5)
+    spec = TilingSpec.from_config(
+        {"mode": "grid", "patch_um": 48.0, "target_mpp": 0.75, "stride_um": 40.0, "min_tissue": 0.5}
+    )
     table, meta, mask = tile_sample(slide, spec)
     with openslide.OpenSlide(slide) as s:
         mpp = float(s.properties["openslide.mpp-x"])
@@ -138,7 +140,7 @@ def test_grid_tiles_match_an_independent_grid_over_tissue(small_cohort, tmp_path
 
 
 def test_tissue_mask_finds_tissue_on_white_and_black_backgrounds(tmp_path):
-    from histofuse.slides.tissue import TissueParams, detect_tissue
+    from histofuse.slides.tissue import detect_tissue
 
     rng = np.random.default_rng(0)
     for bg in (245, 5):
@@ -161,7 +163,9 @@ def test_tissue_mask_finds_tissue_on_white_and_black_backgrounds(tmp_path):
         _write_pyramid(img, path, 0.5)
         for method in ("saturation", "od"):
             with openslide.OpenSlide(path) as s:
-                m = detect_tissue(s, 0.5, TissueParams(method=method))
+                m = detect_tissue(
+                    s, 0.5, TilingSpec.from_config({"tissue": {"method": method}}).tissue
+                )
             truth = tissue[:: int(m.downsample), :: int(m.downsample)][
                 : m.mask.shape[0], : m.mask.shape[1]
             ]
@@ -192,7 +196,9 @@ def test_block_reader_gives_the_same_patches_as_tile_by_tile(small_cohort):
     from histofuse.slides.tiling import tile_sample
 
     sheet = load_samples(small_cohort)
-    spec = TilingSpec(mode="grid", patch_um=64.0, target_mpp=1.0, min_tissue=0.0)
+    spec = TilingSpec.from_config(
+        {"mode": "grid", "patch_um": 64.0, "target_mpp": 1.0, "min_tissue": 0.0}
+    )
     table, meta, _ = tile_sample(sheet["slide"].iloc[1], spec)
     blocked, single = TileDataset(table, meta), TileDataset(table, meta, block_px=0)
     for i in range(len(table)):
@@ -224,13 +230,15 @@ def test_bad_samples_fail_alone_with_keep_going(small_cohort, tmp_path):
         "sample_id\tpatient_id\tslide\texpression\n" + "".join("\t".join(r) + "\n" for r in rows)
     )
     samples = [a for r in rows for a in ("--sample", r[0])]
-    common = ["--sheet", str(tsv), *samples, "--patch-um", "56", "--target-mpp", "1"]
+    common = ["--sheet", str(tsv), *samples]
     out = tmp_path / "tiles"
     # without --keep-going the sheet check names the row of the missing file
-    r = _cli("tile", *common, "--out-dir", str(out))
+    spots = '{"patch_um": 56, "target_mpp": 1}'
+    r = _cli("tile", *common, "--tiling", spots, "--out-dir", str(out))
     assert r.returncode == 2
     assert "row 5 (missing): slide file" in r.stderr and "missing.tiff does not exist" in r.stderr
-    r = _cli("tile", *common, "--mode", "grid", "--keep-going", "--out-dir", str(out))
+    grid = '{"mode": "grid", "patch_um": 56, "target_mpp": 1}'
+    r = _cli("tile", *common, "--tiling", grid, "--keep-going", "--out-dir", str(out))
     assert r.returncode == 2, r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("histofuse: error:")]
     assert any("sample nompp" in e and "`mpp` column" in e for e in errors)
@@ -274,12 +282,14 @@ def test_spot_patches_with_too_little_tissue_are_dropped_and_counted(small_cohor
     anndata.concat([adata, extra], merge="same").write_h5ad(moved)
 
     # default: every spot of the expression file is kept, as HEST does, with its tissue fraction
-    table, meta, _ = tile_sample(slide, TilingSpec(patch_um=56.0, target_mpp=1.0), moved)
+    table, meta, _ = tile_sample(
+        slide, TilingSpec.from_config({"patch_um": 56.0, "target_mpp": 1.0}), moved
+    )
     assert len(table) == n_on + 2 and meta["n_dropped_tissue"] == 0 and meta["min_tissue"] == 0
     glass_rows = table[table["barcode"].str.startswith("GLASS")]
     assert (glass_rows["tissue"] < 0.5).all()
     # a threshold drops the patches with less tissue, counted in the metadata and the stats JSON
-    spec = TilingSpec(patch_um=56.0, target_mpp=1.0, spot_min_tissue=0.5)
+    spec = TilingSpec.from_config({"patch_um": 56.0, "target_mpp": 1.0, "spot_min_tissue": 0.5})
     kept, meta, _ = tile_sample(slide, spec, moved)
     expected = table[table["tissue"] >= 0.5]
     assert kept["barcode"].tolist() == expected["barcode"].tolist()
@@ -289,7 +299,7 @@ def test_spot_patches_with_too_little_tissue_are_dropped_and_counted(small_cohor
     assert meta["tiling"]["spot_min_tissue"] == 0.5
     r = _cli(
         "tile", "--sample", "s", "--slide", slide, "--expression", str(moved),
-        "--patch-um", "56", "--target-mpp", "1", "--spot-min-tissue", "0.5",
+        "--tiling", '{"patch_um": 56, "target_mpp": 1, "spot_min_tissue": 0.5}',
         "--out", str(tmp_path / "s.parquet"),
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
@@ -302,7 +312,9 @@ def test_qc_picture_draws_the_tissue_contour_and_every_tile(small_cohort, tmp_pa
     from histofuse.slides.tiling import tile_sample, write_qc
 
     sheet = load_samples(small_cohort)
-    spec = TilingSpec(mode="grid", patch_um=64.0, target_mpp=1.0, min_tissue=0.5)
+    spec = TilingSpec.from_config(
+        {"mode": "grid", "patch_um": 64.0, "target_mpp": 1.0, "min_tissue": 0.5}
+    )
     table, meta, mask = tile_sample(sheet["slide"].iloc[0], spec)
     write_qc(table, meta, mask, tmp_path / "qc.png")
     rgb = np.asarray(Image.open(tmp_path / "qc.png").convert("RGB")).astype(int)

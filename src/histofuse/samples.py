@@ -38,6 +38,25 @@ def load_samples(path: str | Path, check_files: bool = True) -> pd.DataFrame:
 
     if is_hest1k(path):
         return read_hest1k(path)
+    df = _read_sheet(path)
+    _check_columns(df, path)
+    _check_ids(df, path)
+    mpp = _check_mpp(df, path)
+    _check_rows(df, path)
+    _resolve_paths(df, path, check_files)
+    df["mpp"] = mpp
+    df["mpp_source"] = ["override" if v == v else "" for v in df["mpp"]]
+    if "expression" not in df.columns:
+        df["expression"] = ""
+    if "tasks" in df.columns:
+        df["tasks"] = [",".join(parse_tasks(v)) for v in df["tasks"]]
+    else:
+        df["tasks"] = ""
+    return df.set_index("sample_id", drop=False)
+
+
+def _read_sheet(path: Path) -> pd.DataFrame:
+    """Reads a sheet's TSV as strings (empty cells as ``""``)."""
     if not path.is_file():
         raise HistofuseError(f"sample sheet {path} does not exist; check `samples:` in the config")
     try:
@@ -49,6 +68,11 @@ def load_samples(path: str | Path, check_files: bool = True) -> pd.DataFrame:
             f"sample sheet {path}, row 2 has more tab-separated fields than the header "
             f"({len(df.columns)}); remove the extra tabs or name the column in the header"
         )
+    return df
+
+
+def _check_columns(df: pd.DataFrame, path: Path) -> None:
+    """Checks that a sheet has the required columns, no unknown ones, and rows."""
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise HistofuseError(
@@ -67,6 +91,10 @@ def load_samples(path: str | Path, check_files: bool = True) -> pd.DataFrame:
         empty = df.index[df[col].str.strip() == ""]
         if len(empty):
             raise HistofuseError(f"sample sheet {path}, row {empty[0] + 2}: `{col}` is empty")
+
+
+def _check_ids(df: pd.DataFrame, path: Path) -> None:
+    """Checks that sample ids are unique and usable in file names."""
     dup = df["sample_id"][df["sample_id"].duplicated()]
     if len(dup):
         raise HistofuseError(
@@ -79,40 +107,38 @@ def load_samples(path: str | Path, check_files: bool = True) -> pd.DataFrame:
             f"sample sheet {path}: sample_id {bad_id.iloc[0]!r} may only use letters, digits, '.', "
             "'_' and '-'"
         )
-    if "mpp" in df.columns:
-        mpp = pd.to_numeric(df["mpp"].replace("", None), errors="coerce")
-        bad = df.index[(df["mpp"] != "") & ~(mpp > 0)]
-        if len(bad):
-            raise HistofuseError(
-                f"sample sheet {path}, row {bad[0] + 2}: mpp {df.at[bad[0], 'mpp']!r} must be a "
-                "positive number (µm per level-0 pixel) or empty"
-            )
-    _check_rows(df, path)
+
+
+def _check_mpp(df: pd.DataFrame, path: Path) -> pd.Series | float:
+    """The ``mpp`` column as numbers (NaN where empty; NaN for all without the column)."""
+    if "mpp" not in df.columns:
+        return float("nan")
+    mpp = pd.to_numeric(df["mpp"].replace("", None), errors="coerce")
+    bad = df.index[(df["mpp"] != "") & ~(mpp > 0)]
+    if len(bad):
+        raise HistofuseError(
+            f"sample sheet {path}, row {bad[0] + 2}: mpp {df.at[bad[0], 'mpp']!r} must be a "
+            "positive number (µm per level-0 pixel) or empty"
+        )
+    return mpp
+
+
+def _resolve_paths(df: pd.DataFrame, path: Path, check_files: bool) -> None:
+    """Makes ``slide`` and ``expression`` absolute (against the sheet's folder), checks them."""
     base = str(path.resolve().parent)
     for col in ("slide", "expression"):
         if col not in df.columns:
             continue
         # os.path is ~20x faster than Path.resolve() on 10k-row sheets parsed by every job.
         df[col] = [os.path.normpath(os.path.join(base, v)) if v else "" for v in df[col]]
-        if check_files:
-            for i, v in zip(df.index, df[col], strict=True):
-                if v and not os.path.isfile(v):
-                    raise HistofuseError(
-                        f"sample sheet {path}, row {i + 2} ({df.at[i, 'sample_id']}): "
-                        f"{col} file {v} does not exist"
-                    )
-    if "mpp" in df.columns:
-        df["mpp"] = mpp
-    else:
-        df["mpp"] = float("nan")
-    df["mpp_source"] = ["override" if v == v else "" for v in df["mpp"]]
-    if "expression" not in df.columns:
-        df["expression"] = ""
-    if "tasks" in df.columns:
-        df["tasks"] = [",".join(parse_tasks(v)) for v in df["tasks"]]
-    else:
-        df["tasks"] = ""
-    return df.set_index("sample_id", drop=False)
+        if not check_files:
+            continue
+        for i, v in zip(df.index, df[col], strict=True):
+            if v and not os.path.isfile(v):
+                raise HistofuseError(
+                    f"sample sheet {path}, row {i + 2} ({df.at[i, 'sample_id']}): "
+                    f"{col} file {v} does not exist"
+                )
 
 
 def sheet_schema() -> dict:

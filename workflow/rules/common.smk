@@ -23,42 +23,6 @@ wildcard_constraints:
     head=r"[A-Za-z0-9._-]+",
 
 
-def shard_sample_flags(wildcards):
-    return " ".join(f"--sample {s}" for s in PLAN.shards[wildcards.shard])
-
-
-def slide_of(wildcards):
-    return SAMPLES.at[wildcards.sample, "slide"]
-
-
-def expression_of(wildcards):
-    return SAMPLES.at[wildcards.sample, "expression"]
-
-
-def mpp_flag(wildcards):
-    mpp = SAMPLES.at[wildcards.sample, "mpp"] if "mpp" in SAMPLES else None
-    if mpp is None or mpp != mpp:
-        return ""
-    source = SAMPLES.at[wildcards.sample, "mpp_source"] if "mpp_source" in SAMPLES else ""
-    return f"--mpp {mpp}" + (f" --mpp-source {source}" if isinstance(source, str) and source else "")
-
-
-def shard_tiles(wildcards):
-    if config["tiling"]["jobs"] == "shard":
-        return [f"results/tiles/shards/{wildcards.shard}"]
-    return [f"results/tiles/{s}.parquet" for s in PLAN.shards[wildcards.shard]]
-
-
-def shard_demo_inputs(wildcards):
-    # The generated demo's files of a shard, so that a grown demo cohort is written before its new
-    # shard is tiled. A user's sheet lists files that exist (checked at parse time); listing them
-    # all would double the DAG's build time at 10k slides.
-    if not config["demo"]["enabled"]:
-        return []
-    rows = SAMPLES.loc[PLAN.shards[wildcards.shard]]
-    return [path for col in ("slide", "expression") for path in rows[col] if path]
-
-
 def weights_input(wildcards):
     source = config["weights"].get(wildcards.encoder)
     return [source] if source and not source.startswith("hf-hub:") else []
@@ -138,34 +102,8 @@ def report_options(wildcards):
     return json.dumps(config["report"], sort_keys=True)
 
 
-def expression_input(wildcards):
-    expression = expression_of(wildcards)
-    return [expression] if expression else []
-
-
-def tiling_flags(wildcards):
-    import json
-    import shlex
-
-    t = config["tiling"]
-    flags = f"--mode {t['mode']} --min-tissue {t['min_tissue']}"
-    flags += f" --spot-min-tissue {t['spot_min_tissue']}"
-    if t.get("stride_um") is not None:
-        flags += f" --stride-um {t['stride_um']}"
-    if t.get("on_error", "stop") != "stop":
-        flags += f" --on-error {t['on_error']}"
-    if hasattr(wildcards, "sample") and expression_of(wildcards):
-        flags += f" --expression {shlex.quote(expression_of(wildcards))}"
-    return flags + f" --tissue {shlex.quote(json.dumps(t['tissue'], sort_keys=True))}"
-
-
 # HEST-Bench tasks (`tasks.<name>.hest_bench`): pre-cut patches as the tile source, and the
 # folder's split files and gene list as inputs of the task's fit jobs.
-def patches_of(wildcards):
-    patches = SAMPLES.at[wildcards.sample, "patches"] if "patches" in SAMPLES else ""
-    return patches if isinstance(patches, str) else ""
-
-
 def task_bench_files(wildcards):
     from histofuse.hest_bench import bench_files
 
@@ -178,24 +116,6 @@ def task_bench_files(wildcards):
         # the input set is the same before and after generation
         return [f for f in demo_hest_bench_outputs() if f.endswith((".csv", "var_50genes.json"))]
     return bench_files(folder)
-
-
-def tile_inputs(wildcards):
-    patches = patches_of(wildcards)
-    if patches:
-        return {"patches": ancient(patches)}
-    return {
-        "slide": ancient(slide_of(wildcards)),
-        "expression": ancient(expression_input(wildcards)),
-    }
-
-
-def tile_source(wildcards, input):
-    import shlex
-
-    if "patches" in input.keys():
-        return f"--patches {shlex.quote(input.patches)}"
-    return f"--slide {shlex.quote(input.slide)}"
 
 
 def demo_hest_bench_outputs():
@@ -222,13 +142,4 @@ def demo_hest_bench_flags():
     return (
         f"--hest-bench --hest-bench-px {round(t['patch_um'] / t['target_mpp'])}"
         f" --hest-bench-mpp {t['target_mpp']}"
-    )
-
-
-def shard_hest_bench_flags(wildcards):
-    members = set(PLAN.shards[wildcards.shard])
-    return " ".join(
-        f"--hest-bench {task}={spec['hest_bench']}"
-        for task, spec in config["tasks"].items()
-        if spec.get("hest_bench") and members & set(PLAN.task_samples(task))
     )

@@ -1,10 +1,31 @@
-"""The Zarr feature cache: one store per (encoder, shard), one group per sample."""
+"""The Zarr feature cache: one store per (encoder, shard), one group per sample.
 
-from histofuse.cache.store import (
-    FeatureStoreWriter,
-    FeatureTable,
-    open_features,
-    read_manifest,
-)
+Layout of ``results/features/{encoder}/{shard}.zarr`` (Zarr v3)::
 
-__all__ = ["FeatureStoreWriter", "FeatureTable", "open_features", "read_manifest"]
+    /                      attrs["histofuse"]: provenance (encoder spec, weights sha256, tiling
+                           spec, dtype, cache key, package versions, timings, samples)
+    /{sample}/features     (N, D) float16 (default) or float32, uncompressed: chunks of whole
+                           rows, up to 16 chunks to a shard file
+    /{sample}/coords       (N, 2) int64 patch centres, level-0 px (x, y), uncompressed
+    /{sample}/barcodes     (N,) variable-length UTF-8, spot tasks
+
+with its manifest ``{shard}.manifest.json`` beside it. Modules: :mod:`~histofuse.cache.writer`
+(writing a store, its lock), :mod:`~histofuse.cache.manifest` (the manifest and provenance),
+:mod:`~histofuse.cache.reader` (opening stores as one lazy array) and
+:mod:`~histofuse.cache.chunks` (reading rows straight from chunk files). This package names the
+public API.
+"""
+
+from histofuse.cache.manifest import manifest_path, read_manifest, read_provenance
+from histofuse.cache.reader import READ_BLOCK_BYTES, FeatureTable, open_features
+from histofuse.cache.writer import FeatureStoreWriter
+
+__all__ = [
+    "READ_BLOCK_BYTES",
+    "FeatureStoreWriter",
+    "FeatureTable",
+    "manifest_path",
+    "open_features",
+    "read_manifest",
+    "read_provenance",
+]

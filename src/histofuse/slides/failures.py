@@ -44,6 +44,7 @@ def write_failure(
     """Writes the tile job's outputs for a failed sample: empty tiles, placeholder QC, stats."""
     from PIL import Image, ImageDraw
 
+    from histofuse.atomic import atomic_path
     from histofuse.slides.tiling import write_stats, write_tiles
 
     meta = failure_meta(sample, slide, spec, error)
@@ -51,6 +52,6 @@ def write_failure(
     write_tiles(table, meta, tiles_out)
     img = Image.new("RGB", (400, 60), (250, 235, 235))
     ImageDraw.Draw(img).text((8, 22), f"{sample}: not tiled (see missing.csv)", fill=(150, 0, 0))
-    qc_out.parent.mkdir(parents=True, exist_ok=True)
-    img.save(qc_out)
+    with atomic_path(qc_out) as tmp:
+        img.save(tmp)
     write_stats(meta, stats_out, error=error)

@@ -15,19 +15,30 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from histofuse.atomic import atomic_path
 from histofuse.errors import HistofuseError
 from histofuse.slides.spec import TilingSpec
 
 
-def patch_tiles(
-    h5: str | Path, patch_um: float = 112.0, target_mpp: float = 0.5
-) -> tuple[pd.DataFrame, dict[str, Any]]:
+def patch_spec(spec: TilingSpec) -> TilingSpec:
+    """The spec recorded for pre-cut patches: ``spots`` at the spec's size and µm/px.
+
+    Nothing else of the spec applies to patches already cut (no tissue is detected), so the
+    rest is the schema's defaults, and the fingerprint depends on the size and µm/px alone.
+    """
+    return TilingSpec.from_config(
+        {"mode": "spots", "patch_um": spec.patch_um, "target_mpp": spec.target_mpp}
+    )
+
+
+def patch_tiles(h5: str | Path, spec: TilingSpec) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Builds the tiles table of a pre-cut patches file.
 
     Args:
         h5: The ``.h5`` with ``img``, ``barcode`` and ``coords``.
-        patch_um: Field of view of the stored patches in µm (HEST: 112).
-        target_mpp: µm/px the patches are handed to encoders at (HEST: 0.5).
+        spec: The tiling spec: its ``patch_um`` is the field of view of the stored patches
+            (HEST: 112 µm) and its ``target_mpp`` the µm/px they are handed to encoders at
+            (HEST: 0.5); see :func:`patch_spec`.
 
     Raises:
         HistofuseError: If the file is missing, unreadable or lacks a dataset.
@@ -51,7 +62,7 @@ def patch_tiles(
         raise HistofuseError(
             f"patches file {h5}: img {shape} must be (N, H, W, 3) matching barcodes"
         )
-    spec = TilingSpec(mode="spots", patch_um=patch_um, target_mpp=target_mpp)
+    spec = patch_spec(spec)
     table = pd.DataFrame(
         {
             "barcode": [b.decode() if isinstance(b, bytes) else str(b) for b in barcodes],
@@ -68,7 +79,7 @@ def patch_tiles(
         "tiling": spec.to_dict(),
         "tiling_fingerprint": spec.fingerprint(),
         "mpp_source": "pre-cut patches",
-        "effective_mpp": patch_um / shape[1],
+        "effective_mpp": spec.patch_um / shape[1],
         "n_tiles": len(table),
     }
     return table, meta
@@ -94,9 +105,8 @@ def write_patch_qc(table: pd.DataFrame, meta: dict[str, Any], out: str | Path, n
         x, y = 4 + (k % cols) * (side + 4), 4 + (k // cols) * (side + 4)
         sheet.paste(img, (x, y))
         draw.text((x + 2, y + 2), str(int(ds.index[i])), fill=(20, 20, 20))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
+    with atomic_path(out) as tmp:
+        sheet.save(tmp)
 
 
 class H5PatchDataset:
@@ -162,29 +172,37 @@ def read_hest_bench(folder: str | Path) -> dict[str, Any]:
     for test in tests:
         i = test.stem.removeprefix("test_")
         train = folder / "splits" / f"train_{i}.csv"
-        parts = []
-        for f in (train, test):
-            if not f.is_file():
-                raise HistofuseError(f"HEST-Bench split {f} is missing")
-            df = pd.read_csv(f)
-            need = {"sample_id", "patches_path", "expr_path"} - set(df.columns)
-            if need:
-                raise HistofuseError(f"HEST-Bench split {f} lacks column(s) {sorted(need)}")
-            parts.append(df["sample_id"].astype(str).tolist())
-            for r in df.itertuples():
-                patches, expr = folder / r.patches_path, folder / r.expr_path
-                for p in (patches, expr):
-                    if not p.is_file():
-                        raise HistofuseError(
-                            f"HEST-Bench split {f}, sample {r.sample_id}: {p} is missing"
-                        )
-                row = rows.setdefault(
-                    str(r.sample_id),
-                    {"sample_id": str(r.sample_id), "patches": str(patches.resolve()),
-                     "expression": str(expr.resolve()), "patient_id": ""},
-                )  # fmt: skip
-                if f is test:
-                    row["patient_id"] = f"fold{i}"
-        folds.append((parts[0], parts[1]))
+        train_ids = _read_split(folder, train, rows, None)
+        folds.append((train_ids, _read_split(folder, test, rows, f"fold{i}")))
     samples = pd.DataFrame(list(rows.values())).set_index("sample_id", drop=False)
     return {"samples": samples, "genes": genes, "folds": folds}
+
+
+def _read_split(
+    folder: Path, split: Path, rows: dict[str, dict[str, str]], patient: str | None
+) -> list[str]:
+    """Reads one split file into ``rows`` (one per sample); returns its sample ids.
+
+    ``patient`` is the patient id of the samples of a test split (``None`` for a train split).
+    """
+    if not split.is_file():
+        raise HistofuseError(f"HEST-Bench split {split} is missing")
+    df = pd.read_csv(split)
+    need = {"sample_id", "patches_path", "expr_path"} - set(df.columns)
+    if need:
+        raise HistofuseError(f"HEST-Bench split {split} lacks column(s) {sorted(need)}")
+    for r in df.itertuples():
+        patches, expr = folder / r.patches_path, folder / r.expr_path
+        for p in (patches, expr):
+            if not p.is_file():
+                raise HistofuseError(
+                    f"HEST-Bench split {split}, sample {r.sample_id}: {p} is missing"
+                )
+        row = rows.setdefault(
+            str(r.sample_id),
+            {"sample_id": str(r.sample_id), "patches": str(patches.resolve()),
+             "expression": str(expr.resolve()), "patient_id": ""},
+        )  # fmt: skip
+        if patient is not None:
+            row["patient_id"] = patient
+    return df["sample_id"].astype(str).tolist()

@@ -1,10 +1,12 @@
-"""The tiling spec (plain data, cheap to import)."""
+"""The tiling spec (plain data, cheap to import), built from the config's ``tiling`` section."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from histofuse.slides.tissue import TissueParams
 
@@ -12,6 +14,9 @@ from histofuse.slides.tissue import TissueParams
 @dataclass(frozen=True)
 class TilingSpec:
     """How patches are cut.
+
+    Build it with :meth:`from_config`: its defaults are those of the config schema's ``tiling``
+    section.
 
     Attributes:
         mode: ``spots`` (a patch centred on each spot of the expression file) or ``grid``
@@ -26,13 +31,40 @@ class TilingSpec:
         tissue: Tissue detection settings.
     """
 
-    mode: str = "spots"
-    patch_um: float = 112.0
-    target_mpp: float = 0.5
-    stride_um: float | None = None
-    min_tissue: float = 0.5
-    spot_min_tissue: float = 0.0
-    tissue: TissueParams = field(default_factory=TissueParams)
+    mode: str
+    patch_um: float
+    target_mpp: float
+    stride_um: float | None
+    min_tissue: float
+    spot_min_tissue: float
+    tissue: TissueParams
+
+    @classmethod
+    def from_config(cls, doc: Mapping[str, Any] | None = None) -> TilingSpec:
+        """Builds the spec of a ``tiling`` config section, validated, with the schema's defaults.
+
+        The section's run policy (``on_error``, ``jobs``) is not part of the spec. Its numbers
+        are floats, so ``112`` and ``112.0`` give one fingerprint; the ``tissue`` settings are
+        kept as written.
+
+        Args:
+            doc: The section's document, or part of it (``None``: all defaults).
+
+        Raises:
+            HistofuseError: Naming the offending key.
+        """
+        from histofuse.settings import section
+
+        t = section("tiling", doc)
+        return cls(
+            mode=t["mode"],
+            patch_um=float(t["patch_um"]),
+            target_mpp=float(t["target_mpp"]),
+            stride_um=None if t["stride_um"] is None else float(t["stride_um"]),
+            min_tissue=float(t["min_tissue"]),
+            spot_min_tissue=float(t["spot_min_tissue"]),
+            tissue=TissueParams(**t["tissue"]),
+        )
 
     @property
     def patch_px(self) -> int:

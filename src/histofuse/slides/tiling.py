@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from histofuse.atomic import atomic_path, write_parquet, write_text
 from histofuse.errors import HistofuseError
 from histofuse.slides.spec import TilingSpec
 from histofuse.slides.tissue import TissueMask, detect_tissue
@@ -134,23 +135,7 @@ def tile_sample(
         tissue = detect_tissue(slide, mpp.x, spec.tissue)
         timings["tissue"] = time.perf_counter() - t0 - timings["open"]
     size0 = spec.patch_um / mpp.x
-    if spec.mode == "spots":
-        if not expression:
-            raise HistofuseError(
-                f"slide {slide_path}: spots tiling needs an expression file; set the "
-                "`expression` column of the sheet or use tiling mode grid"
-            )
-        table = _spot_table(slide_path, expression, size0, width, height)
-    elif spec.mode == "grid":
-        step0 = spec.step_um / mpp.x
-        nx = int(np.floor((width - size0) / step0 + 1e-9)) + 1 if width >= size0 else 0
-        ny = int(np.floor((height - size0) / step0 + 1e-9)) + 1 if height >= size0 else 0
-        gy, gx = np.mgrid[0:ny, 0:nx]
-        cx = gx.ravel() * step0 + size0 / 2
-        cy = gy.ravel() * step0 + size0 / 2
-        table = pd.DataFrame({"x": cx, "y": cy, **_boxes(cx, cy, size0)})
-    else:
-        raise HistofuseError(f"tiling mode {spec.mode!r} is unknown; use spots or grid")
+    table = _candidates(slide_path, spec, expression, mpp, size0, (width, height))
     table["tissue"] = tissue.box_fractions(table["x0"], table["y0"], table["size0"])
     n_candidates = len(table)
     threshold = spec.min_tissue if spec.mode == "grid" else spec.spot_min_tissue
@@ -173,6 +158,37 @@ def tile_sample(
         timings=timings,
     )
     return table, meta, tissue
+
+
+def _candidates(
+    slide_path: str | Path,
+    spec: TilingSpec,
+    expression: str | Path | None,
+    mpp: Mpp,
+    size0: float,
+    size: tuple[int, int],
+) -> pd.DataFrame:
+    """The candidate patches of the spec's mode (before the tissue filter), level-0 px."""
+    if spec.mode == "spots":
+        if not expression:
+            raise HistofuseError(
+                f"slide {slide_path}: spots tiling needs an expression file; set the "
+                "`expression` column of the sheet or use tiling mode grid"
+            )
+        return _spot_table(slide_path, expression, size0, *size)
+    if spec.mode == "grid":
+        return _grid_table(size0, spec.step_um / mpp.x, *size)
+    raise HistofuseError(f"tiling mode {spec.mode!r} is unknown; use spots or grid")
+
+
+def _grid_table(size0: float, step0: float, width: int, height: int) -> pd.DataFrame:
+    """Tiles of side ``size0`` every ``step0`` level-0 px that fit on the slide."""
+    nx = int(np.floor((width - size0) / step0 + 1e-9)) + 1 if width >= size0 else 0
+    ny = int(np.floor((height - size0) / step0 + 1e-9)) + 1 if height >= size0 else 0
+    gy, gx = np.mgrid[0:ny, 0:nx]
+    cx = gx.ravel() * step0 + size0 / 2
+    cy = gy.ravel() * step0 + size0 / 2
+    return pd.DataFrame({"x": cx, "y": cy, **_boxes(cx, cy, size0)})
 
 
 def _spot_table(
@@ -224,9 +240,8 @@ def write_qc(
         pts = [((c - 1 + 0.5) * scale, (r - 1 + 0.5) * scale) for r, c in contour]
         if len(pts) > 1:
             draw.line(pts, fill=(20, 200, 60), width=2)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    img.save(out)
+    with atomic_path(out) as tmp:
+        img.save(tmp)
 
 
 def write_stats(meta: dict[str, Any], out: str | Path, **extra: Any) -> None:
@@ -237,27 +252,12 @@ def write_stats(meta: dict[str, Any], out: str | Path, **extra: Any) -> None:
         "tissue_fraction", "tissue_level",
         "timings", "tiling",
     )  # fmt: skip
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**{k: meta.get(k) for k in keys}, **extra}, indent=2) + "\n")
+    write_text(json.dumps({**{k: meta.get(k) for k in keys}, **extra}, indent=2) + "\n", out)
 
 
 def write_tiles(table: pd.DataFrame, meta: dict[str, Any], out: str | Path) -> None:
     """Writes a tiles table to parquet atomically, with its metadata in the schema."""
-    import os
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    arrow = pa.Table.from_pandas(table, preserve_index=False)
-    arrow = arrow.replace_schema_metadata(
-        {**(arrow.schema.metadata or {}), TILES_META_KEY: json.dumps(meta).encode()}
-    )
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    pq.write_table(arrow, tmp)
-    os.replace(tmp, out)
+    write_parquet(table, out, meta, key=TILES_META_KEY)
 
 
 def read_tiles(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:

@@ -17,7 +17,9 @@ import numpy as np
 
 @dataclass(frozen=True)
 class TissueParams:
-    """Tissue detection settings.
+    """Tissue detection settings: the config's ``tiling.tissue``.
+
+    Built with the spec by :meth:`histofuse.slides.spec.TilingSpec.from_config`.
 
     Attributes:
         mask_mpp: µm/px of the level the mask is computed on (coarsest level at or finer).
@@ -27,11 +29,11 @@ class TissueParams:
         min_object_um2: Tissue pieces and holes smaller than this area (µm²) are removed.
     """
 
-    mask_mpp: float = 8.0
-    method: str = "saturation"
-    black_value: int = 40
-    close_um: float = 16.0
-    min_object_um2: float = 2000.0
+    mask_mpp: float
+    method: str
+    black_value: int
+    close_um: float
+    min_object_um2: float
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the parameters as plain data."""

@@ -1,0 +1,65 @@
+"""A feature store's manifest (the mark of a finished store) and its provenance.
+
+The manifest ``{shard}.manifest.json`` beside ``{shard}.zarr`` is written last, atomically, once
+the store is in place; readers accept a store only if its manifest exists and agrees with the
+store's provenance (the root attributes under :data:`ATTRS_KEY`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from histofuse.atomic import write_json
+from histofuse.errors import HistofuseError
+
+FORMAT_VERSION = 1
+ATTRS_KEY = "histofuse"
+
+
+def manifest_path(store: str | Path) -> Path:
+    """Returns the manifest path of a store (``x.zarr`` → ``x.manifest.json``)."""
+    store = Path(store)
+    return store.with_name(store.name.removesuffix(".zarr") + ".manifest.json")
+
+
+def write_manifest(store: Path, cache_key: str, samples: dict[str, int]) -> None:
+    """Writes the manifest of a store now in place (atomically: all of it or nothing).
+
+    Args:
+        store: The store path.
+        cache_key: The store's cache key (as in its provenance).
+        samples: Tiles per sample, in store order.
+    """
+    manifest = {
+        "store": store.name,
+        "cache_key": cache_key,
+        "samples": samples,
+        "n_tiles": sum(samples.values()),
+        "format_version": FORMAT_VERSION,
+    }
+    write_json(manifest, manifest_path(store))
+
+
+def read_manifest(store: str | Path) -> dict[str, Any]:
+    """Returns a finished store's manifest.
+
+    Raises:
+        HistofuseError: If the store or its manifest is missing (an unfinished store).
+    """
+    store = Path(store)
+    man = manifest_path(store)
+    if not store.is_dir() or not man.is_file():
+        raise HistofuseError(
+            f"feature store {store} is missing or unfinished (no {man.name}); re-run its embed job"
+        )
+    return json.loads(man.read_text())
+
+
+def read_provenance(store: str | Path) -> dict[str, Any]:
+    """Returns the provenance attributes of a finished store."""
+    import zarr
+
+    read_manifest(store)
+    return dict(zarr.open_group(str(store), mode="r").attrs[ATTRS_KEY])

@@ -18,7 +18,7 @@ import numpy as np
 
 from histofuse.bulk.bags import SlideBags
 from histofuse.bulk.heads import ABMILRegressor
-from histofuse.cache.store import FeatureStoreWriter, open_features
+from histofuse.cache import FeatureStoreWriter, open_features
 
 
 def _peak(fn):

@@ -31,7 +31,7 @@ def _size(path: Path) -> int:
 
 def run(tmp: Path) -> dict[str, Any]:
     """Measures cache read vs ``np.load``; returns ``ratio`` = cache ÷ np.load throughput."""
-    from histofuse.cache.store import FeatureStoreWriter, open_features
+    from histofuse.cache import FeatureStoreWriter, open_features
 
     rng = np.random.default_rng(0)
     arrays = [rng.normal(size=(N_TILES, DIM)).astype(np.float32) for _ in range(N_SAMPLES)]

@@ -90,7 +90,7 @@ def _tiles(sheet: pd.DataFrame, out: Path, target_mpp: float) -> list[Path]:
     from histofuse.slides.spec import TilingSpec
     from histofuse.slides.tiling import tile_spots, write_tiles
 
-    spec = TilingSpec(patch_um=112.0, target_mpp=target_mpp)
+    spec = TilingSpec.from_config({"patch_um": 112.0, "target_mpp": target_mpp})
     paths = []
     for sample, row in sheet.iterrows():
         table, meta = tile_spots(row["slide"], row["expression"], spec)

@@ -29,7 +29,7 @@ MPP = 0.25
 def _write_slide(path: Path) -> None:
     from scipy import ndimage
 
-    from histofuse.demo import _write_pyramid
+    from histofuse.demo.pyramid import write_pyramid
 
     rng = np.random.default_rng(0)
     small = rng.random((SIDE_PX // 8, SIDE_PX // 8, 3)).astype(np.float32)
@@ -37,7 +37,7 @@ def _write_slide(path: Path) -> None:
     big = ndimage.zoom(small, (8, 8, 1), order=1)
     noise = rng.normal(0, 12, big.shape).astype(np.float32)
     rgb = np.clip(90 + 300 * (big - big.mean()) + 120 + noise, 0, 255).astype(np.uint8)
-    _write_pyramid(rgb, path, MPP)
+    write_pyramid(rgb, path, MPP)
 
 
 def _raw_tiles(slide, boxes: np.ndarray, level: int, ds: float, px: int) -> None:
@@ -72,7 +72,7 @@ def run(tmp: Path) -> dict:
 
     slide = tmp / "bench.tiff"
     _write_slide(slide)
-    spec = TilingSpec(mode="grid", patch_um=112.0, target_mpp=0.5, min_tissue=0.0)
+    spec = TilingSpec.from_config({"mode": "grid", "min_tissue": 0.0})
     table, meta, _ = tile_sample(slide, spec)
     boxes = table[["x0", "y0", "size0"]].to_numpy(dtype=np.int64)
     n = len(boxes)

@@ -50,7 +50,7 @@ def small_tiles(small_cohort, tmp_path_factory) -> dict[str, Path]:
 
     out = tmp_path_factory.mktemp("tiles")
     sheet = load_samples(small_cohort)
-    spec = TilingSpec(patch_um=56.0, target_mpp=1.0)
+    spec = TilingSpec.from_config({"patch_um": 56.0, "target_mpp": 1.0})
     paths = {}
     for sample, row in sheet.iterrows():
         table, meta = tile_spots(row["slide"], row["expression"], spec)

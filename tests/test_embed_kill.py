@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import embed_cmd, one_thread_env
 
-from histofuse.cache.store import manifest_path, open_features, read_manifest
+from histofuse.cache import manifest_path, open_features, read_manifest
 from histofuse.errors import HistofuseError
 
 

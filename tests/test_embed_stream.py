@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from histofuse.cache.store import open_features, read_manifest
+from histofuse.cache import open_features, read_manifest
 from histofuse.embed import embed_shard
 from histofuse.encoders.model import create_encoder
 from histofuse.slides.reader import TileDataset

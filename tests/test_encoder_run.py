@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from histofuse import devices
-from histofuse.cache.store import open_features, read_manifest, read_provenance
+from histofuse.cache import open_features, read_manifest, read_provenance
 from histofuse.cli import main
 from histofuse.embed import embed_shard
 from histofuse.peka.tokens import embed_tokens
@@ -27,7 +27,7 @@ def shard(small_tiles, tmp_path):
     empty = tmp_path / "EMPTY.parquet"
     write_tiles(table.iloc[:0], {**meta, "sample": "EMPTY"}, empty)
     broken = tmp_path / "BROKEN.parquet"
-    spec = TilingSpec(patch_um=56.0, target_mpp=1.0)
+    spec = TilingSpec.from_config({"patch_um": 56.0, "target_mpp": 1.0})
     write_tiles(table.iloc[:0], failure_meta("BROKEN", "BROKEN.svs", spec, REASON), broken)
     return [small_tiles[good], empty, broken], {good: len(table), "EMPTY": 0}
 

@@ -158,9 +158,9 @@ def test_tissue_mask_finds_tissue_on_white_and_black_backgrounds(tmp_path):
         )
         img[tissue] = pink.clip(0, 255).astype(np.uint8)
         path = tmp_path / f"bg{bg}.tiff"
-        from histofuse.demo import _write_pyramid
+        from histofuse.demo.pyramid import write_pyramid
 
-        _write_pyramid(img, path, 0.5)
+        write_pyramid(img, path, 0.5)
         for method in ("saturation", "od"):
             with openslide.OpenSlide(path) as s:
                 m = detect_tissue(

@@ -74,7 +74,7 @@ def write_demo_hest_bench(
     n_genes = check_int("n_genes", n_genes, 1)
     sheet, patients = _task_samples(cohort, samples)
     out = Path(out) if out is not None else cohort / HEST_BENCH_DIR
-    spec = TilingSpec(patch_um=patch_px * patch_mpp, target_mpp=patch_mpp)
+    spec = TilingSpec.from_config({"patch_um": patch_px * patch_mpp, "target_mpp": patch_mpp})
     logs = [_write_sample(out, sid, sheet.loc[sid], spec) for sid in patients.index]
     _write_gene_lists(out, logs, n_genes)
     _write_splits(out, patients)

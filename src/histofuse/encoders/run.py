@@ -320,7 +320,7 @@ class _Stream:
         """Writes the store; returns its provenance with timings, tile count and batch size."""
         from tqdm import tqdm
 
-        from histofuse.cache.store import FeatureStoreWriter
+        from histofuse.cache import FeatureStoreWriter
 
         sizes = [len(t) for _, t, _ in shard.tables]
         total = sum(sizes)

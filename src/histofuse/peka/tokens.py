@@ -1,6 +1,6 @@
 """The token cache of tail mode: the token sequence entering the last ``k`` blocks of a ViT.
 
-``results/tokens/{encoder}/{shard}.zarr`` is a feature store (:mod:`histofuse.cache.store`:
+``results/tokens/{encoder}/{shard}.zarr`` is a feature store (:mod:`histofuse.cache`:
 atomic, manifest written last, provenance) whose rows are the tokens of one tile flattened to
 ``T · D`` values (float16 by default); ``provenance["tokens"]`` records ``n_tokens``, ``dim``,
 ``blocks`` (k), ``start_block`` and ``bytes_per_tile``. Training in ``peka-tail`` mode reads only
@@ -158,7 +158,7 @@ def read_tokens(
     Raises:
         HistofuseError: If the stores are not token stores.
     """
-    from histofuse.cache.store import open_features
+    from histofuse.cache import open_features
 
     table = open_features(list(stores))
     info = table.provenance.get("tokens")

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
@@ -256,7 +256,7 @@ class FusionModule(nn.Module):
         return self.out((stack * self.gates()[None, :, None]).sum(dim=1)), zero
 
 
-class TorchHead(RegressorMixin, BaseEstimator):
+class TorchHead(MultiOutputMixin, RegressorMixin, BaseEstimator):
     """A :class:`FusionModule` trained as released, as a scikit-learn estimator.
 
     Args:

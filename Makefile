@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 PYTEST_ARGS ?=
 SNAKEMAKE_ARGS ?=
 
-.PHONY: demo test test-fast bench lint fmt clean env
+.PHONY: demo test test-fast bench lint fmt clean env conda-env
 
 demo: $(STAMP)  ## Run the demo workflow (cohort generated on first run) → results/report/
 	snakemake --cores all $(SNAKEMAKE_ARGS)
@@ -36,6 +36,9 @@ fmt: $(STAMP)
 	ruff check --fix src tests benchmarks
 
 env: $(STAMP)
+
+conda-env: | $(UV)  ## Regenerate envs/histofuse.yaml (the rules' conda env) from uv.lock
+	$(PYTHON) envs/export.py --uv $(UV)
 
 $(UV):
 	$(PYTHON) -m venv .tools

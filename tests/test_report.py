@@ -121,6 +121,23 @@ def test_statistics_and_gains(metrics_files, tmp_path):
     assert len(per_gene) == 2 * 3 * len(GENES) and (per_gene["n_folds"] == 3).all()
 
 
+def test_learned_feature_sets_are_neither_fused_nor_references(metrics_files, tmp_path):
+    """`image+peka:<enc>` holds a `+` but is one learned set: no gain row, never a reference."""
+    files = [
+        *metrics_files,
+        write_metrics(tmp_path, "task_a", "image+peka:enc_a", "hest", 0.50, seed=4),
+        write_metrics(tmp_path, "task_a", "teacher", "hest", 0.60, seed=5),
+    ]
+    summary = build_report(files, tmp_path / "report").set_index(["task", "features"])
+    gains = pd.read_csv(tmp_path / "report" / "gains.csv")
+    assert set(gains["features"]) == {"enc_a+enc_b"}
+    for learned in ("image+peka:enc_a", "teacher"):
+        assert summary.at[("task_a", learned), "n_encoders"] == 1
+        assert np.isnan(summary.at[("task_a", learned), "single_mean"])
+        assert summary.at[("task_a", learned), "reference"] == "enc_a"
+    assert summary.at[("task_a", "enc_a+enc_b"), "n_encoders"] == 2
+
+
 def test_best_bold_second_underlined_in_every_format(metrics_files, tmp_path):
     out = tmp_path / "report"
     build_report(metrics_files, out)

@@ -46,51 +46,62 @@ def read_hest1k(folder: str | Path) -> pd.DataFrame:
     slides = sorted(p for p in (folder / "wsis").iterdir() if p.suffix.lower() in SLIDE_SUFFIXES)
     if not slides:
         raise HistofuseError(f"HEST-1k folder {folder}: wsis/ holds no slide (.tif, .svs, …)")
-    rows = []
-    for slide in slides:
-        sid = slide.stem
-        expression = folder / "st" / f"{sid}.h5ad"
-        meta_path = folder / "metadata" / f"{sid}.json"
-        if not expression.is_file():
-            raise HistofuseError(
-                f"HEST-1k folder {folder}: {slide.name} has no st/{sid}.h5ad; download it or "
-                "remove the slide"
-            )
-        if not meta_path.is_file():
-            raise HistofuseError(
-                f"HEST-1k folder {folder}: {slide.name} has no metadata/{sid}.json (it holds the "
-                "pixel size); download it"
-            )
-        try:
-            meta = json.loads(meta_path.read_text())
-        except ValueError as exc:
-            raise HistofuseError(f"HEST-1k metadata {meta_path} is not valid JSON: {exc}") from None
-        if not isinstance(meta, dict):
-            raise HistofuseError(f"HEST-1k metadata {meta_path} must hold a JSON object")
-        estimate = meta.get("pixel_size_um_estimated")
-        if estimate is None:
-            mpp, source = float("nan"), ""  # the slide's own metadata decides at tile time
-        else:
-            try:
-                mpp = float(estimate)
-            except (TypeError, ValueError):
-                mpp = float("nan")
-            if not mpp > 0 or mpp == float("inf"):
-                raise HistofuseError(
-                    f"HEST-1k metadata {meta_path}: `pixel_size_um_estimated` = {estimate!r} is "
-                    "not a positive number; fix the file or write a sample sheet with an `mpp` "
-                    "column"
-                )
-            source = "hest-metadata"
-        patient = meta.get("patient") or sid
-        rows.append(
-            {
-                "sample_id": sid,
-                "patient_id": str(patient),
-                "slide": str(slide.resolve()),
-                "expression": str(expression.resolve()),
-                "mpp": mpp,
-                "mpp_source": source,
-            }
+    return pd.DataFrame([_sample_row(folder, slide) for slide in slides]).set_index(
+        "sample_id", drop=False
+    )
+
+
+def _sample_row(folder: Path, slide: Path) -> dict[str, object]:
+    """The sample-table row of one slide of a HEST-1k folder (see :func:`read_hest1k`)."""
+    sid = slide.stem
+    expression = folder / "st" / f"{sid}.h5ad"
+    if not expression.is_file():
+        raise HistofuseError(
+            f"HEST-1k folder {folder}: {slide.name} has no st/{sid}.h5ad; download it or "
+            "remove the slide"
         )
-    return pd.DataFrame(rows).set_index("sample_id", drop=False)
+    meta_path = folder / "metadata" / f"{sid}.json"
+    meta = _read_metadata(folder, slide, meta_path)
+    mpp, source = _pixel_size(meta, meta_path)
+    return {
+        "sample_id": sid,
+        "patient_id": str(meta.get("patient") or sid),
+        "slide": str(slide.resolve()),
+        "expression": str(expression.resolve()),
+        "mpp": mpp,
+        "mpp_source": source,
+    }
+
+
+def _read_metadata(folder: Path, slide: Path, meta_path: Path) -> dict:
+    """The JSON object of a slide's ``metadata/{id}.json``."""
+    if not meta_path.is_file():
+        raise HistofuseError(
+            f"HEST-1k folder {folder}: {slide.name} has no metadata/{meta_path.name} (it holds "
+            "the pixel size); download it"
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError as exc:
+        raise HistofuseError(f"HEST-1k metadata {meta_path} is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise HistofuseError(f"HEST-1k metadata {meta_path} must hold a JSON object")
+    return meta
+
+
+def _pixel_size(meta: dict, meta_path: Path) -> tuple[float, str]:
+    """(µm/px, its source) from the metadata's estimate; NaN and ``""`` when it has none."""
+    estimate = meta.get("pixel_size_um_estimated")
+    if estimate is None:
+        return float("nan"), ""  # the slide's own metadata decides at tile time
+    try:
+        mpp = float(estimate)
+    except (TypeError, ValueError):
+        mpp = float("nan")
+    if not mpp > 0 or mpp == float("inf"):
+        raise HistofuseError(
+            f"HEST-1k metadata {meta_path}: `pixel_size_um_estimated` = {estimate!r} is "
+            "not a positive number; fix the file or write a sample sheet with an `mpp` "
+            "column"
+        )
+    return mpp, "hest-metadata"

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
@@ -136,7 +136,7 @@ class GatedAttention(nn.Module):
         return self.w(torch.tanh(self.V(x)) * torch.sigmoid(self.U(x)))[:, 0]
 
 
-class ABMILRegressor(RegressorMixin, BaseEstimator):
+class ABMILRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
     """Gated-attention MIL pooling plus a slide head, trained end to end on streamed bags.
 
     ``fit(slides, y, bags=...)`` and ``predict(slides, bags=...)`` take slide ids and the

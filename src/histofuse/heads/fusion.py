@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
@@ -177,34 +177,44 @@ class FusionModule(nn.Module):
             self.attn = ReleasedAttention(embed_dim, num_heads, total, total, total)
             self.out = nn.Linear(embed_dim, n_out)
         elif strategy == "cross-attn-released":
-            kv = int(np.argmax(self.blocks)) if kv_block is None else int(kv_block)
-            if not -k <= kv < k:
-                raise HistofuseError(
-                    f"head hyperparameter kv_block={kv_block} is out of range for {k} encoders"
-                )
-            self.kv = kv % k
-            self.queries = [i for i in range(k) if i != self.kv]
-            d_kv = self.blocks[self.kv]
-            self.attns = nn.ModuleList(
-                ReleasedAttention(embed_dim, num_heads, self.blocks[i], d_kv, d_kv)
-                for i in self.queries
+            self._cross_attention(embed_dim, num_heads, kv_block, n_out)
+        else:
+            self._projected(embed_dim, num_heads, n_out)
+
+    def _cross_attention(
+        self, embed_dim: int, num_heads: int, kv_block: int | None, n_out: int
+    ) -> None:
+        """Layers of ``cross-attn-released``: one attention per query encoder, then ``out``."""
+        k = len(self.blocks)
+        kv = int(np.argmax(self.blocks)) if kv_block is None else int(kv_block)
+        if not -k <= kv < k:
+            raise HistofuseError(
+                f"head hyperparameter kv_block={kv_block} is out of range for {k} encoders"
             )
-            self.out = nn.Linear(embed_dim * len(self.queries), n_out)
-        elif strategy == "contrastive":
-            self.proj = _projections(self.blocks, embed_dim)
+        self.kv = kv % k
+        self.queries = [i for i in range(k) if i != self.kv]
+        d_kv = self.blocks[self.kv]
+        self.attns = nn.ModuleList(
+            ReleasedAttention(embed_dim, num_heads, self.blocks[i], d_kv, d_kv)
+            for i in self.queries
+        )
+        self.out = nn.Linear(embed_dim * len(self.queries), n_out)
+
+    def _projected(self, embed_dim: int, num_heads: int, n_out: int) -> None:
+        """Layers of the strategies on per-encoder projections (contrastive, token-attn, ...)."""
+        k = len(self.blocks)
+        self.proj = _projections(self.blocks, embed_dim)
+        if self.strategy == "contrastive":
             self.out = nn.Linear(embed_dim * k, n_out)
-        elif strategy == "token-attn":
-            self.proj = _projections(self.blocks, embed_dim)
+            return
+        if self.strategy == "token-attn":
             self.encoder_embedding = nn.Parameter(torch.zeros(k, embed_dim))
             self.layer = nn.TransformerEncoderLayer(
                 embed_dim, num_heads, dim_feedforward=2 * embed_dim, dropout=0.0, batch_first=True
             )
-            self.out = nn.Linear(embed_dim, n_out)
-        else:  # mean, gated
-            self.proj = _projections(self.blocks, embed_dim)
-            if strategy == "gated":
-                self.gate_logits = nn.Parameter(torch.zeros(k))
-            self.out = nn.Linear(embed_dim, n_out)
+        elif self.strategy == "gated":
+            self.gate_logits = nn.Parameter(torch.zeros(k))
+        self.out = nn.Linear(embed_dim, n_out)
 
     def gates(self) -> torch.Tensor:
         """The per-encoder weights of ``gated`` (softmax of learned logits)."""
@@ -246,7 +256,7 @@ class FusionModule(nn.Module):
         return self.out((stack * self.gates()[None, :, None]).sum(dim=1)), zero
 
 
-class TorchHead(RegressorMixin, BaseEstimator):
+class TorchHead(MultiOutputMixin, RegressorMixin, BaseEstimator):
     """A :class:`FusionModule` trained as released, as a scikit-learn estimator.
 
     Args:

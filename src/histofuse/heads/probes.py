@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
 from sklearn.decomposition import PCA
 from sklearn.linear_model import Ridge
 from sklearn.pipeline import Pipeline
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from histofuse.heads.streaming import LazyFeatures
 
 
-class HESTProbe(RegressorMixin, BaseEstimator):
+class HESTProbe(MultiOutputMixin, RegressorMixin, BaseEstimator):
     """HEST-Benchmark's PCA + ridge probe.
 
     Args:
@@ -66,6 +66,7 @@ class HESTProbe(RegressorMixin, BaseEstimator):
         self.ridge_ = Ridge(
             alpha=self.alpha_, solver="lsqr", fit_intercept=False, max_iter=self.max_iter
         ).fit(z, y2 if y.ndim > 1 else y)
+        self.n_iter_ = self.ridge_.n_iter_
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
@@ -111,6 +112,7 @@ class HESTProbe(RegressorMixin, BaseEstimator):
         self.ridge_.coef_ = coef if y.ndim > 1 else coef[0]
         self.ridge_.intercept_ = np.zeros(y2.shape[1]) if y.ndim > 1 else 0.0
         self.ridge_.n_features_in_ = width
+        self.n_iter_ = None  # solved in closed form, as Ridge reports for its direct solvers
         return self
 
 
@@ -153,10 +155,11 @@ class HESTAlphaCVProbe(HESTProbe):
         self.ridge_ = Ridge(
             alpha=self.alpha_, solver="lsqr", fit_intercept=False, max_iter=1000
         ).fit(z, y2 if y.ndim > 1 else y)
+        self.n_iter_ = self.ridge_.n_iter_
         return self
 
 
-class RidgeProbe(RegressorMixin, BaseEstimator):
+class RidgeProbe(MultiOutputMixin, RegressorMixin, BaseEstimator):
     """``StandardScaler → Ridge`` on all features (no PCA), with an intercept.
 
     Args:

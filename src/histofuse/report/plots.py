@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from histofuse.errors import HistofuseError
-from histofuse.report.tables import label_keys, method_label
+from histofuse.report.tables import encoder_count, label_keys, method_label
 
 
 def _pyplot():
@@ -59,7 +59,8 @@ def bar_chart(summary: pd.DataFrame, stem: Path) -> list[Path]:
         rows = _of_task(summary, task).sort_values("pearson_mean", ascending=False)
         labels = [method_label(r, lk) for r in rows.to_dict("records")]
         x = np.arange(len(rows))
-        colors = ["#1f77b4" if "+" not in f else "#d62728" for f in rows["features"]]
+        fused = rows["features"].map(encoder_count) > 1
+        colors = ["#d62728" if f else "#1f77b4" for f in fused]
         ax.bar(x, rows["pearson_mean"], yerr=rows["pearson_std"], color=colors, capsize=4)
         ax.set_xticks(x, labels, rotation=30, ha="right")
         ax.set_title(task)

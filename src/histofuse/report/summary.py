@@ -16,6 +16,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from histofuse.plan import names
+from histofuse.report.tables import encoder_count
+
 SUMMARY_COLUMNS = [
     "task",
     "features",
@@ -57,7 +60,7 @@ def summarise(metrics: pd.DataFrame) -> pd.DataFrame:
         n_genes=("n_genes", "max"), n_constant=("n_constant", "sum")
     )
     out = rows.merge(genes, on=keys, how="right")
-    out["n_encoders"] = out["features"].str.count(r"\+") + 1
+    out["n_encoders"] = out["features"].map(encoder_count).astype("int64")
     out[["single_mean", "gain_vs_singles"]] = [_single_baseline(out, r) for r in out.itertuples()]
     out = out.sort_values(["task", "pearson_mean"], ascending=[True, False], na_position="last")
     return out[SUMMARY_COLUMNS].reset_index(drop=True)
@@ -67,7 +70,7 @@ def _single_baseline(rows: pd.DataFrame, row: object) -> tuple[float, float]:
     """(mean of the single encoders' Pearson, relative gain) for a multi-encoder row."""
     if row.n_encoders < 2:  # type: ignore[attr-defined]
         return float("nan"), float("nan")
-    encoders = row.features.split("+")  # type: ignore[attr-defined]
+    encoders = names.parse(row.features).encoders  # type: ignore[attr-defined]
     same = rows[
         (rows["task"] == row.task)  # type: ignore[attr-defined]
         & (rows["protocol"] == row.protocol)  # type: ignore[attr-defined]

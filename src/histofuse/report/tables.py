@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from histofuse.errors import HistofuseError
+from histofuse.plan import names
 
 GROUP_KEYS = ("task", "features", "head", "protocol")
 REQUIRED = ("features", "gene", "pearson")
@@ -100,19 +101,20 @@ def is_learned(features: str) -> bool:
 
     Such rows are neither single encoders nor concatenations: never a reference, never fused.
     """
-    return features == "teacher" or ":" in features
+    return names.parse(features).is_peka
+
+
+def encoder_count(features: str) -> int:
+    """Encoders a feature set concatenates (a learned set, one representation, counts one)."""
+    parsed = names.parse(features)
+    return 1 if parsed.is_peka else len(parsed.encoders)
 
 
 def _encoder_rows(frame: pd.DataFrame, multi: bool) -> pd.DataFrame:
     """Single-encoder (``multi=False``) or concatenated-encoder rows, learned sets left out."""
-    plus = frame["features"].str.contains("+", regex=False)
+    fused = frame["features"].map(encoder_count) > 1
     learned = frame["features"].map(is_learned).astype(bool)
-    return frame[(plus if multi else ~plus) & ~learned]
-
-
-def single_encoders(features: str) -> list[str]:
-    """The encoders of a feature set name (``a+b`` → ``[a, b]``)."""
-    return features.split("+")
+    return frame[(fused if multi else ~fused) & ~learned]
 
 
 def gene_scores(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -234,7 +236,7 @@ def relative_gains(summary: pd.DataFrame) -> pd.DataFrame:
             if k != "head":
                 same = same[same[k] == rec[k]]
         same = _encoder_rows(same, multi=False)
-        encoders = single_encoders(rec["features"])
+        encoders = list(names.parse(rec["features"]).encoders)
         heads = list(dict.fromkeys([rec["head"], "linear", "hest"])) if "head" in fam else [None]
         for head in heads:
             singles = same if head is None else same[same["head"] == head]

@@ -187,7 +187,7 @@ def test_numbers_agree_across_formats(metrics_files, tmp_path):
 
 
 def test_bad_input_is_one_clear_error(tmp_path, metrics_files, capsys):
-    with pytest.raises(HistofuseError, match=r"config `report` has unknown key\(s\) \['decimal'\]"):
+    with pytest.raises(HistofuseError, match=r"unknown config key\(s\) 'decimal' under `report`"):
         parse_options('{"decimal": 2}')
     with pytest.raises(HistofuseError, match="report.confidence"):
         parse_options('{"confidence": 1.5}')

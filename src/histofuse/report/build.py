@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from histofuse.errors import HistofuseError
 from histofuse.report import plots
 from histofuse.report.render import Grid, fmt, fmt_p
 from histofuse.report.summary import SUMMARY_COLUMNS, summarise
@@ -49,27 +47,17 @@ FIGURES = ("bars", "heatmap", "scatter")
 
 
 def parse_options(text: str | None) -> ReportOptions:
-    """Report options from a JSON object (the config's ``report`` section).
+    """Report options from the config's ``report`` section (inline JSON or a file path).
+
+    Keys left out take the schema's defaults.
 
     Raises:
-        HistofuseError: For an unknown key or a value of the wrong type.
+        HistofuseError: For an unknown key or an invalid value, naming it.
     """
-    raw = json.loads(text) if text else {}
-    known = ReportOptions.__dataclass_fields__
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise HistofuseError(
-            f"config `report` has unknown key(s) {unknown}; known keys are {sorted(known)}"
-        )
-    try:
-        opts = ReportOptions(**{k: type(getattr(ReportOptions(), k))(v) for k, v in raw.items()})
-    except (TypeError, ValueError) as exc:
-        raise HistofuseError(f"config `report`: {exc}; see config/README.md") from exc
-    if not 0 < opts.confidence < 1:
-        raise HistofuseError(
-            f"config `report.confidence` = {opts.confidence}: use a value in (0, 1)"
-        )
-    return opts
+    from histofuse import settings
+
+    doc = settings.load_document(text) if text else {}
+    return settings.load(ReportOptions, "report", doc)
 
 
 def full_summary(
@@ -279,7 +267,7 @@ def build_report(
     Raises:
         HistofuseError: For missing or malformed metrics files or options.
     """
-    options = options or ReportOptions()
+    options = options or parse_options(None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics = load_metrics(metrics_files)

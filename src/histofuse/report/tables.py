@@ -34,7 +34,7 @@ REQUIRED = ("features", "gene", "pearson")
 
 @dataclass(frozen=True)
 class ReportOptions:
-    """Settings of the report step (config section ``report``).
+    """Settings of the report step (config section ``report``; defaults in the schema).
 
     Attributes:
         decimals: Digits after the point in Markdown, LaTeX and HTML tables.
@@ -45,12 +45,12 @@ class ReportOptions:
         heatmap_genes: At most this many genes (most variable across methods) in the heatmap.
     """
 
-    decimals: int = 3
-    bootstrap: int = 1000
-    confidence: float = 0.95
-    seed: int = 0
-    scatter_genes: int = 4
-    heatmap_genes: int = 50
+    decimals: int
+    bootstrap: int
+    confidence: float
+    seed: int
+    scatter_genes: int
+    heatmap_genes: int
 
 
 def load_metrics(files: Sequence[str | Path]) -> pd.DataFrame:

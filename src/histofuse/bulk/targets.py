@@ -38,27 +38,8 @@ def read_table(path: str | Path, id_column: str | None = None, what: str = "tabl
     path = Path(path)
     if not path.is_file():
         raise HistofuseError(f"{what} {path} does not exist; check the path in the config")
-    suffix = "".join(path.suffixes[-1:]).lower()
     try:
-        if suffix == ".h5ad":
-            import anndata
-
-            adata = anndata.read_h5ad(path)
-            x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
-            df = pd.DataFrame(x, index=adata.obs_names, columns=adata.var_names)
-        elif suffix == ".parquet":
-            df = pd.read_parquet(path)
-            if id_column is None and df.index.name is None:
-                id_column = str(df.columns[0])
-            if id_column is not None:
-                df = df.set_index(id_column)
-        elif suffix in (".csv", ".tsv", ".txt"):
-            df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
-            df = df.set_index(id_column or str(df.columns[0]))
-        else:
-            raise HistofuseError(
-                f"{what} {path}: unknown format {suffix!r}; use .csv, .tsv, .parquet or .h5ad"
-            )
+        df = _read_frame(path, id_column, what)
     except HistofuseError:
         raise
     except KeyError as exc:
@@ -80,6 +61,28 @@ def read_table(path: str | Path, id_column: str | None = None, what: str = "tabl
     if not np.isfinite(df.to_numpy()).all():
         raise HistofuseError(f"{what} {path} has missing or infinite values; fill or drop them")
     return df
+
+
+def _read_frame(path: Path, id_column: str | None, what: str) -> pd.DataFrame:
+    """A table file as a frame indexed by id, by its suffix (see :func:`read_table`)."""
+    suffix = "".join(path.suffixes[-1:]).lower()
+    if suffix == ".h5ad":
+        import anndata
+
+        adata = anndata.read_h5ad(path)
+        x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+        return pd.DataFrame(x, index=adata.obs_names, columns=adata.var_names)
+    if suffix == ".parquet":
+        df = pd.read_parquet(path)
+        if id_column is None and df.index.name is None:
+            id_column = str(df.columns[0])
+        return df if id_column is None else df.set_index(id_column)
+    if suffix in (".csv", ".tsv", ".txt"):
+        df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+        return df.set_index(id_column or str(df.columns[0]))
+    raise HistofuseError(
+        f"{what} {path}: unknown format {suffix!r}; use .csv, .tsv, .parquet or .h5ad"
+    )
 
 
 def transform_bulk(values: np.ndarray, how: str) -> np.ndarray:

@@ -164,7 +164,7 @@ def task_samples(
         from histofuse.hest_bench import resolve_bench_task
 
         sheet, doc = resolve_bench_task(task_name, settings.to_dict(task))
-        task = settings.build(Task, doc)
+        task = settings.load(Task, "tasks", doc, label=f"tasks.{task_name}")
     else:
         sheet = load_samples(samples_sheet, check_files=check_files)
     names = list(task.samples or [s for s in sheet.index if joins_task(sheet, s, task_name)])

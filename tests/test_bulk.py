@@ -9,15 +9,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from histofuse import settings
 from histofuse.bulk.bags import SlideBags, budget_rows
 from histofuse.bulk.evaluate import case_splits, fit_bulk_task, make_slide_head
 from histofuse.bulk.heads import ABMILRegressor, SlideHead
-from histofuse.bulk.targets import read_table, select_bulk_genes, transform_bulk
+from histofuse.bulk.targets import read_table, transform_bulk
 from histofuse.cache.store import FeatureStoreWriter
 from histofuse.errors import HistofuseError
+from histofuse.evaluation.runner import select_genes
 
 N_CASES, SLIDES_PER_CASE, N_GENES = 16, 2, 12
 LEARN = {"epochs": 50, "lr": 1e-2}
+
+
+def _bulk(doc, table):
+    """A bulk task's settings from its document and table."""
+    return settings.load(settings.BulkTask, "bulk", {**doc, "table": str(table)})
 
 
 def _write_store(path, encoder, bags):
@@ -69,7 +76,7 @@ def _fit(cohort, tmp_path, agg="mean", head="mlp", task=None, params=None, store
     if agg == "abmil":
         params.setdefault("attention_dim", 16)
     m = fit_bulk_task(
-        "t", task, cohort["sheet"], cohort["table"], "+".join(stores), agg, head, params,
+        "t", _bulk(task, cohort["table"]), cohort["sheet"], "+".join(stores), agg, head, params,
         tmp_path / "m.parquet", tmp_path / "p.parquet",
         stores=[cohort["stores"][s] for s in stores],
     )  # fmt: skip
@@ -108,10 +115,11 @@ def test_transforms_match_the_release():
 
 def test_top_genes_are_chosen_on_training_cases_only():
     values = pd.DataFrame({"a": [0, 1, 0, 1.0], "b": [0, 0, 0, 100.0], "c": [0, 0.5, 0, 0.5]})
-    assert select_bulk_genes(values, {"top_k": 1}, np.array([0, 1, 2])) == ["a"]
-    assert select_bulk_genes(values, {"top_k": 1}, np.array([0, 1, 2, 3])) == ["b"]
+    top1 = settings.Genes(top_k=1, list=None, select_on="train")
+    assert select_genes(values, top1, np.array([0, 1, 2]), "table") == ["a"]
+    assert select_genes(values, top1, np.array([0, 1, 2, 3]), "table") == ["b"]
     with pytest.raises(HistofuseError, match="not in the table"):
-        select_bulk_genes(values, {"list": ["zz"]}, np.arange(4))
+        select_genes(values, settings.Genes(50, ("zz",), "train"), np.arange(4), "table")
 
 
 def test_case_splits_never_put_a_case_on_both_sides():
@@ -171,8 +179,9 @@ def test_case_level_table_gives_each_slide_its_case_target(cohort, tmp_path):
     case_table.index.name = "patient_id"
     case_table.to_parquet(tmp_path / "cases.parquet")
     m = fit_bulk_task(
-        "t", {"genes": {"list": ["G0", "G5"]}, "split": {"n_folds": 3, "n_repeats": 1}},
-        cohort["sheet"], tmp_path / "cases.parquet", "enc-a", "mean", "mlp", {"epochs": 2, "hidden": 8},
+        "t", _bulk({"genes": {"list": ["G0", "G5"]}, "split": {"n_folds": 3, "n_repeats": 1}},
+                   tmp_path / "cases.parquet"),
+        cohort["sheet"], "enc-a", "mean", "mlp", {"epochs": 2, "hidden": 8},
         tmp_path / "m.parquet", tmp_path / "p.parquet", stores=[cohort["stores"]["enc-a"]],
     )  # fmt: skip
     pred = pd.read_parquet(tmp_path / "p.parquet")
@@ -258,8 +267,8 @@ def test_slide_embedding_files_are_a_feature_set(cohort, tmp_path):
         files.append(tmp_path / f"{enc}.csv")
         emb.to_csv(files[-1])
     m = fit_bulk_task(
-        "t", {"genes": {"top_k": 4}, "split": {"n_folds": 3, "n_repeats": 1}}, cohort["sheet"],
-        cohort["table"], "slide-enc", "slide", "cross-attn-released",
+        "t", _bulk({"genes": {"top_k": 4}, "split": {"n_folds": 3, "n_repeats": 1}}, cohort["table"]),
+        cohort["sheet"], "slide-enc", "slide", "cross-attn-released",
         {"epochs": 2, "embed_dim": 8, "num_heads": 2, "latent_dim": 8},
         tmp_path / "m.parquet", tmp_path / "p.parquet", embeddings=files,
     )  # fmt: skip
@@ -267,7 +276,7 @@ def test_slide_embedding_files_are_a_feature_set(cohort, tmp_path):
     pd.DataFrame({"sample_id": ["C0-S0"], "d0": [1.0]}).to_csv(tmp_path / "short.csv", index=False)
     with pytest.raises(HistofuseError, match="no row for slides"):
         fit_bulk_task(
-            "t", {}, cohort["sheet"], cohort["table"], "x", "slide", "mlp", {},
+            "t", _bulk({}, cohort["table"]), cohort["sheet"], "x", "slide", "mlp", {},
             tmp_path / "m.parquet", tmp_path / "p.parquet", embeddings=[tmp_path / "short.csv"],
         )  # fmt: skip
 
@@ -293,7 +302,7 @@ def test_bad_inputs_name_the_fix(cohort, tmp_path):
         make_slide_head("mean", "hest", {}, 1)
     pd.DataFrame({"id": ["zz"], "G0": [1.0]}).to_csv(tmp_path / "t.csv", index=False)
     with pytest.raises(HistofuseError, match="neither sample_id nor patient_id"):
-        fit_bulk_task("t", {}, cohort["sheet"], tmp_path / "t.csv", "enc-a", "mean", "mlp", {},
+        fit_bulk_task("t", _bulk({}, tmp_path / "t.csv"), cohort["sheet"], "enc-a", "mean", "mlp", {},
                       tmp_path / "m", tmp_path / "p", stores=[cohort["stores"]["enc-a"]])  # fmt: skip
 
 

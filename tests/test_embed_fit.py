@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
+from histofuse import settings
 from histofuse.cache.store import open_features, read_provenance
 from histofuse.embed import embed_shard
 from histofuse.encoders.model import create_encoder
@@ -67,7 +68,7 @@ def test_fit_writes_per_fold_gene_metrics(stores, small_cohort, tmp_path):
     }
     m = fit_task(
         "t",
-        task,
+        settings.load(settings.Task, "tasks", task),
         small_cohort,
         [stores["tiny-vit"], stores["tiny-cnn"]],
         "tiny-cnn+tiny-vit",
@@ -97,7 +98,7 @@ def test_fit_rejects_unknown_samples(stores, small_cohort, tmp_path):
     with pytest.raises(HistofuseError, match="not in the sheet"):
         fit_task(
             "t",
-            {"samples": ["ghost"]},
+            settings.load(settings.Task, "tasks", {"samples": ["ghost"]}),
             small_cohort,
             [stores["tiny-vit"]],
             "tiny-vit",

@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from histofuse import settings
 from histofuse.cache.store import FeatureStoreWriter
 from histofuse.errors import HistofuseError
 from histofuse.evaluation.metrics import per_gene_metrics
@@ -86,7 +87,7 @@ def _fit(sheet, store, tmp_path, head="hest", **task):
     task = {"genes": {"top_k": 45, "select_on": "all"}, "split": {"n_folds": 2}, **task}
     metrics = fit_task(
         "t",
-        task,
+        settings.load(settings.Task, "tasks", task),
         sheet,
         [store],
         "enc",

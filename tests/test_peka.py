@@ -10,10 +10,12 @@ import pytest
 import torch
 from torch import nn
 
+from histofuse import settings
 from histofuse.errors import HistofuseError
 from histofuse.peka import adapters
-from histofuse.peka.run import parse_features_name, peka_task
+from histofuse.peka.run import peka_task
 from histofuse.peka.teacher import TeacherClassifier, builtin_teacher, read_teacher_file
+from histofuse.plan.names import parse
 
 FAST = {
     "teacher": {"source": "builtin", "dim": 16},
@@ -25,6 +27,14 @@ FAST = {
     "train": {"epochs": 3, "lr": 1.0e-3, "batch_size": 32},
 }
 TASK = {"genes": {"top_k": 10, "select_on": "all"}, "split": {"scheme": "patient-kfold"}}
+
+
+def _task(doc):
+    return settings.load(settings.Task, "tasks", doc)
+
+
+def _peka(doc):
+    return settings.load(settings.Peka, "peka", doc)
 
 
 def test_miss_layer_is_the_bone_formula():
@@ -100,7 +110,7 @@ def test_distillation_loss_decreases_and_matches_the_released_formula():
         torch.as_tensor(emb),
         torch.as_tensor(clf.labels_),
         clf.model_,
-        {"epochs": 15, "lr": 1e-2, "structure_weight": 0.5},
+        _peka({"train": {"epochs": 15, "lr": 1e-2, "structure_weight": 0.5}}).train,
     )
     assert hist[-1] < 0.5 * hist[0]
     z_s, z_t = torch.randn(4, 5), torch.randn(4, 5)
@@ -132,25 +142,25 @@ def test_teacher_files_by_barcode(tmp_path):
     ad.obs_names = ["a", "b", "c", "d"]
     ad.obsm["X_sc"] = emb
     ad.write_h5ad(tmp_path / "s1.h5ad")
-    spec = {"source": "file", "path": str(tmp_path / "{sample}.h5ad"), "key": "X_sc"}
+    spec = settings.Teacher("file", 64, str(tmp_path / "{sample}.h5ad"), "X_sc")
     got = read_teacher_file(spec, np.array(["s1", "s1"]), np.array(["c", "a"]))
     np.testing.assert_array_equal(got, emb[[2, 0]])
     table = pd.DataFrame({"sample": ["s1", "s2"], "barcode": ["x", "x"], "e0": [1.0, 2.0]})
     table.to_parquet(tmp_path / "all.parquet")
-    spec = {"source": "file", "path": str(tmp_path / "all.parquet")}
+    spec = settings.Teacher("file", 64, str(tmp_path / "all.parquet"), None)
     got = read_teacher_file(spec, np.array(["s2", "s1"]), np.array(["x", "x"]))
     np.testing.assert_array_equal(got[:, 0], [2.0, 1.0])
     with pytest.raises(HistofuseError, match="lack 1 spots"):
         read_teacher_file(spec, np.array(["s3"]), np.array(["x"]))
     with pytest.raises(HistofuseError, match="no obsm key"):
-        read_teacher_file({"path": str(tmp_path / "s1.h5ad"), "key": "nope"}, [], [])
+        read_teacher_file(settings.Teacher("file", 64, str(tmp_path / "s1.h5ad"), "nope"), [], [])
 
 
 def test_feature_set_names():
-    assert parse_features_name("peka-tail:uni") == ("peka-tail", "uni")
-    assert parse_features_name("teacher") == ("teacher", None)
+    assert (parse("peka-tail:uni").mode, parse("peka-tail:uni").encoder) == ("peka-tail", "uni")
+    assert (parse("teacher").mode, parse("teacher").encoder) == ("teacher", None)
     with pytest.raises(HistofuseError, match="mode one of"):
-        parse_features_name("bone:uni")
+        parse("bone:uni")
 
 
 def test_peka_jobs_cover_sheet_tasks_and_refuse_hest_bench_folders():
@@ -188,7 +198,7 @@ def test_peka_task_writes_report_rows(name, vit_store, small_cohort, tmp_path):
 
     threads = torch.get_num_threads()
     m = peka_task(
-        "t", TASK, small_cohort, name, "hest", {}, FAST,
+        "t", _task(TASK), small_cohort, name, "hest", {}, _peka(FAST),
         tmp_path / "m.parquet", tmp_path / "p.parquet", stores=[vit_store],
     )  # fmt: skip
     assert torch.get_num_threads() == threads  # one thread while training, then restored
@@ -237,8 +247,8 @@ def test_tail_mode_reads_only_the_token_cache(tmp_path):
     for slide in sheet["slide"]:
         Path(slide).unlink()  # nothing after this point can read a tile
     m = peka_task(
-        "t", {**TASK, "split": {"scheme": "leave-one-patient-out"}}, sheet_path,
-        "peka-tail:tiny-vit", "ridge", {}, {**FAST, "tail_blocks": 2},
+        "t", _task({**TASK, "split": {"scheme": "leave-one-patient-out"}}), sheet_path,
+        "peka-tail:tiny-vit", "ridge", {}, _peka({**FAST, "tail_blocks": 2}),
         tmp_path / "m.parquet", tmp_path / "p.parquet", token_stores=[store],
     )  # fmt: skip
     assert set(m["features"]) == {"peka-tail:tiny-vit"}

@@ -12,9 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from histofuse import settings
 from histofuse.cache.store import FeatureStoreWriter
 from histofuse.errors import HistofuseError
-from histofuse.fit import fit_task, load_feature_set
+from histofuse.evaluation.features import load_feature_set
+from histofuse.fit import fit_task
 from histofuse.heads.probes import make_head
 from histofuse.heads.streaming import (
     LazyFeatures,
@@ -175,7 +177,8 @@ def test_fit_stage_streams_over_budget_and_records_it(cohort, tmp_path):
     for budget in (None, 0.01):
         m = tmp_path / f"{budget}.parquet"
         out[budget] = fit_task(
-            "t", TASK, sheet, stores, "enc-a+enc-b", "hest", {"n_components": 16},
+            "t", settings.load(settings.Task, "tasks", TASK), sheet, stores, "enc-a+enc-b", "hest",
+            {"n_components": 16},
             m, tmp_path / f"p{budget}.parquet", memory_budget_mb=budget,
         )  # fmt: skip
     a, b = out[None], out[0.01]
@@ -198,6 +201,7 @@ PEAK_SCRIPT = textwrap.dedent(
     import anndata, dask.array, numpy, pyarrow.parquet, scipy.linalg, sklearn.decomposition, torch
     import zarr
     import histofuse.heads.fusion, histofuse.heads.streaming, histofuse.evaluation.metrics
+    from histofuse import settings
     from histofuse.fit import fit_task
 
     def status(key):
@@ -207,7 +211,7 @@ PEAK_SCRIPT = textwrap.dedent(
 
     small, big, out, head, params, budget = sys.argv[1:7]
     params, budget = json.loads(params), float(budget)
-    task = json.loads(sys.argv[7])
+    task = settings.load(settings.Task, "tasks", json.loads(sys.argv[7]))
 
     def run(sheet, stores, tag, budget):
         return fit_task("t", task, sheet, stores, "f", head, params,

@@ -8,6 +8,7 @@ One target vector per case (or slide), many tiles per slide, several slides per 
   memory budget, and mean-pools them;
 * :mod:`histofuse.bulk.heads` has the released slide MLP (and the fusion strategies with the
   released ``512 → ReLU`` tail) and gated-attention MIL (ABMIL) trained on streamed bags;
-* :mod:`histofuse.bulk.evaluate` runs the case-level splits and scoring;
+* :mod:`histofuse.bulk.evaluate` has the case-level splits, the slide rows (scored per case)
+  and the slide heads that the fold runner (:mod:`histofuse.evaluation.runner`) runs;
 * :mod:`histofuse.bulk.plan` names the workflow's bulk jobs (cheap, for parse time).
 """

@@ -59,12 +59,10 @@ class SlideBags:
         Raises:
             HistofuseError: If the encoders do not cover the same tiles of every slide.
         """
-        from histofuse.cache.store import READ_BLOCK_BYTES, open_features, read_provenance
+        from histofuse.cache.store import READ_BLOCK_BYTES, open_features
+        from histofuse.evaluation.features import stores_by_encoder
 
-        by_encoder: dict[str, list[Path]] = {}
-        for store in stores:
-            name = read_provenance(store)["encoder"]["name"]
-            by_encoder.setdefault(name, []).append(Path(store))
+        by_encoder = stores_by_encoder(stores)
         encoders = sorted(by_encoder)
         arrays, blocks, ranges, ref = [], [], None, None
         for name in encoders:

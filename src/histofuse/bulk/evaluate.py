@@ -16,35 +16,30 @@ against features, informs the choice).
 
 from __future__ import annotations
 
-import logging
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
+from histofuse import settings
 from histofuse.errors import HistofuseError
+from histofuse.evaluation.runner import Fold
+from histofuse.settings import BulkTask, Genes
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from histofuse.bulk.bags import SlideBags
 
 AGGREGATIONS = ("mean", "abmil", "slide")
 SCHEMES = ("case-kfold", "leave-one-case-out")
-SCORINGS = ("per-fold", "pooled")
-DEFAULT_BULK_TASK: dict[str, Any] = {
-    "samples": None,
-    "id_column": None,
-    "genes": {"top_k": 50, "list": None, "select_on": "train"},
-    "transform": "log2p1",
-    "split": {"scheme": "case-kfold", "n_folds": 5, "n_repeats": 10, "scoring": "per-fold"},
-    "seed": 1,
-    "memory_mb": 256.0,
-}
 
 
 def case_splits(
-    cases: Sequence[str], split: dict[str, Any], seed: int
+    cases: Sequence[str], split: Mapping[str, Any], seed: int
 ) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
     """Case-level folds: (repeat, fold, train cases, test cases).
 
@@ -153,11 +148,209 @@ def make_slide_head(aggregation: str, head: str, params: dict[str, Any] | None, 
     return est.set_params(strategy=head, **params)
 
 
+@dataclass
+class SlideRows:
+    """Slides of a bulk task, each with its case's target, scored per case.
+
+    The ``rows`` strategy of :func:`histofuse.evaluation.runner.run_task`: a fold's test
+    predictions are averaged per case before scoring; under ``split.scoring: pooled`` each
+    repeat is scored once, on the out-of-fold predictions of all its folds.
+
+    Attributes:
+        task: The task's settings.
+        slides: Slides with a target (sample ids).
+        cases: Case id of each slide.
+        values: Transformed targets, slides × all genes of the table.
+        level: Whether the table's ids are slides or cases (``slide``, ``case``).
+        failed: Slides left out as failed at tiling, with the reason.
+    """
+
+    task: BulkTask
+    slides: list[str]
+    cases: np.ndarray
+    values: pd.DataFrame
+    level: str
+    failed: dict[str, str] = field(default_factory=dict)
+    pooled: dict[int, list[pd.DataFrame]] = field(default_factory=dict)
+    genes_source: ClassVar[str] = "table"
+
+    @property
+    def genes(self) -> Genes:
+        """The task's gene settings."""
+        return self.task.genes
+
+    @property
+    def gene_basis(self) -> pd.DataFrame:
+        """Transformed targets of every slide."""
+        return self.values
+
+    @functools.cached_property
+    def truth(self) -> pd.DataFrame:
+        """Targets per case (the mean of its slides'), cases sorted."""
+        return self.values.groupby(self.cases, sort=True).mean()
+
+    def folds(self) -> list[Fold]:
+        """Case-level folds; a repeat's seed is ``seed + repeat``."""
+        out = []
+        split = settings.to_dict(self.task.split)
+        for rep, fold, train_cases, test_cases in case_splits(self.cases, split, self.task.seed):
+            train = np.flatnonzero(np.isin(self.cases, train_cases))
+            test = np.flatnonzero(np.isin(self.cases, test_cases))
+            out.append(Fold(self.task.seed + rep, fold, train, test))
+        return out
+
+    def targets(self, genes: list[str]) -> np.ndarray:
+        """Targets of every slide (slides × genes) as float32."""
+        return self.values[genes].to_numpy(np.float32)
+
+    def score(
+        self, fold: Fold, genes: list[str], y: np.ndarray, pred: np.ndarray
+    ) -> tuple[list[pd.DataFrame], pd.DataFrame]:
+        """Averages the test slides' predictions per case; scores the fold or keeps it."""
+        from histofuse.evaluation.metrics import per_gene_metrics
+        from histofuse.evaluation.scoring import label, prediction_frame
+
+        test_cases = self.cases[fold.test]
+        # Several slides of one case: average their predictions, score the case once.
+        pred_cases = pd.DataFrame(pred, columns=genes).groupby(test_cases, sort=True).mean()
+        true_cases = self.truth.loc[pred_cases.index, genes]
+        keys = pd.DataFrame({"seed": fold.seed, "fold": fold.fold, "case": pred_cases.index})
+        keys["n_slides"] = pd.Series(test_cases).value_counts().reindex(pred_cases.index).to_numpy()
+        predictions = prediction_frame(keys, pred_cases.to_numpy(), true_cases.to_numpy(), genes)
+        if self.task.split.scoring == "pooled":
+            self.pooled.setdefault(fold.seed, []).append(pred_cases)
+            return [], predictions
+        m = per_gene_metrics(true_cases.to_numpy(), pred_cases.to_numpy(), genes)
+        return [label(m, "case", fold.fold, fold.seed)], predictions
+
+    def finish(self) -> list[pd.DataFrame]:
+        """Pooled scoring: each repeat once, over the genes chosen in all of its folds.
+
+        Raises:
+            HistofuseError: If no gene was chosen in every fold, or a case was tested twice.
+        """
+        from histofuse.evaluation.metrics import per_gene_metrics
+        from histofuse.evaluation.scoring import label
+
+        metrics = []
+        for seed, frames in self.pooled.items():
+            common = sorted(set.intersection(*(set(f.columns) for f in frames)))
+            if not common:
+                raise HistofuseError(
+                    "pooled scoring found no gene chosen in every fold; use `genes.list` or a "
+                    "larger `genes.top_k`"
+                )
+            pred_all = pd.concat([f[common] for f in frames]).sort_index()
+            if pred_all.index.duplicated().any():
+                raise HistofuseError("pooled scoring: a case was tested twice in one repeat")
+            truth = self.truth.loc[pred_all.index, common].to_numpy()
+            metrics.append(label(per_gene_metrics(truth, pred_all, common), "case-pooled", 0, seed))
+        return metrics
+
+    def meta(self) -> dict[str, Any]:
+        """The task's settings, target level, counts of slides and cases, failed slides."""
+        return {
+            "task": settings.to_dict(self.task),
+            "level": self.level,
+            "slides": len(self.slides),
+            "cases": len(self.truth),
+            "missing_samples": self.failed,
+        }
+
+
+@dataclass
+class SlideModel:
+    """A slide head on slide vectors (mean-pooled bags, slide embeddings) or on bags (ABMIL).
+
+    Attributes:
+        aggregation: ``mean``, ``abmil`` or ``slide``.
+        head_name: Slide head (``mlp`` or a fusion strategy).
+        params: Its hyperparameters.
+        slides: The task's slides, in row order.
+        encoders: Encoders (or embedding files) of the features, in concatenation order.
+        blocks: Feature width of each.
+        x: Slide vectors (slides × dims); ``None`` for ABMIL.
+        bags: The tile bags (``mean``, ``abmil``).
+    """
+
+    aggregation: str
+    head_name: str
+    params: dict[str, Any]
+    slides: list[str]
+    encoders: list[str]
+    blocks: list[int]
+    x: np.ndarray | None = None
+    bags: SlideBags | None = None
+
+    @property
+    def head(self) -> str:
+        """The report's head: ``{aggregation}-{head}``."""
+        return f"{self.aggregation}-{self.head_name}"
+
+    def fit_predict(self, fold: Fold, y: np.ndarray, genes: list[str]) -> np.ndarray:
+        """Fits a fresh slide head (seeded by the fold's seed) and predicts the test slides."""
+        est = make_slide_head(self.aggregation, self.head_name, self.params, fold.seed)
+        if "blocks" in est.get_params() and len(self.blocks) > 1:
+            est.set_params(blocks=self.blocks)
+        if self.x is None:
+            est.fit([self.slides[i] for i in fold.train], y[fold.train], bags=self.bags)
+            return est.predict([self.slides[i] for i in fold.test], bags=self.bags)
+        est.fit(self.x[fold.train], y[fold.train])
+        return np.asarray(est.predict(self.x[fold.test])).reshape(len(fold.test), -1)
+
+    def meta(self) -> dict[str, Any]:
+        """Encoders, blocks, aggregation, hyperparameters and, for bags, what was read at once."""
+        meta = {
+            "encoders": self.encoders,
+            "blocks": self.blocks,
+            "aggregation": self.aggregation,
+            "head_params": self.params,
+        }
+        if self.bags is not None:
+            meta.update(chunk_rows=self.bags.chunk_rows, max_rows_read=self.bags.max_rows_read)
+        return meta
+
+
+def slide_model(
+    task_name: str,
+    rows: SlideRows,
+    aggregation: str,
+    head: str,
+    head_params: dict[str, Any],
+    stores: Sequence[str | Path],
+    embeddings: Sequence[str | Path],
+) -> SlideModel:
+    """The slide features of a bulk job and its head.
+
+    Raises:
+        HistofuseError: If the aggregation's inputs are missing or lack slides of the task.
+    """
+    from histofuse.bulk.bags import SlideBags
+    from histofuse.bulk.targets import read_slide_embeddings
+
+    slides = rows.slides
+    model = SlideModel(aggregation, head, head_params, slides, [], [])
+    if aggregation == "slide":
+        if not embeddings:
+            raise HistofuseError("aggregation 'slide' needs slide embedding files (--embeddings)")
+        model.x, model.blocks = read_slide_embeddings(embeddings, slides)
+        model.encoders = [Path(p).stem for p in embeddings]
+        return model
+    if not stores:
+        raise HistofuseError(f"aggregation {aggregation!r} needs feature stores (--stores)")
+    bags = SlideBags.open(stores, memory_mb=float(rows.task.memory_mb))
+    missing = [s for s in slides if s not in bags.ranges]
+    if missing:
+        raise HistofuseError(f"bulk task {task_name!r}: no cached tiles for slides {missing}")
+    model.bags, model.encoders, model.blocks = bags, bags.encoders, bags.blocks
+    model.x = bags.mean_pool(slides) if aggregation == "mean" else None
+    return model
+
+
 def fit_bulk_task(
     task_name: str,
-    task: dict[str, Any],
+    task: BulkTask,
     samples_sheet: str | Path,
-    table_path: str | Path,
     features_name: str,
     aggregation: str,
     head: str,
@@ -171,9 +364,8 @@ def fit_bulk_task(
 
     Args:
         task_name: Task name (the report's ``task``).
-        task: The task config (see :data:`DEFAULT_BULK_TASK`).
+        task: The task's settings (``task.table`` is the bulk table).
         samples_sheet: The sample sheet (slide → case).
-        table_path: The bulk table.
         features_name: Feature set name (the report's ``features``).
         aggregation: ``mean`` or ``abmil`` (tile features from ``stores``) or ``slide`` (slide
             embeddings from ``embeddings`` files, concatenated in the given order).
@@ -186,154 +378,26 @@ def fit_bulk_task(
 
     Returns:
         The metrics table written; the report's ``head`` is ``{aggregation}-{head}``.
+
+    Raises:
+        HistofuseError: For leave-one-case-out splits scored per fold.
     """
-    from histofuse.bulk.bags import SlideBags
-    from histofuse.bulk.targets import read_table, select_bulk_genes
-    from histofuse.evaluation.metrics import per_gene_metrics
-    from histofuse.fit import _write_parquet
+    from histofuse.bulk.targets import read_table
+    from histofuse.evaluation.features import leave_out_failed
+    from histofuse.evaluation.runner import Outputs, run_task
     from histofuse.samples import load_samples
 
     t0 = time.perf_counter()
-    task = {**DEFAULT_BULK_TASK, **task}
-    split = {**DEFAULT_BULK_TASK["split"], **(task.get("split") or {})}
-    genes_cfg = {**DEFAULT_BULK_TASK["genes"], **(task.get("genes") or {})}
-    scoring = split.get("scoring", "per-fold")
-    if scoring not in SCORINGS:
-        raise HistofuseError(f"bulk `split.scoring` {scoring!r}: choose one of {SCORINGS}")
-    if scoring == "per-fold" and split.get("scheme") == "leave-one-case-out":
+    if task.split.scoring == "per-fold" and task.split.scheme == "leave-one-case-out":
         raise HistofuseError(
             "bulk split leave-one-case-out has one test case per fold, too few for a Pearson per "
             "fold; set `split.scoring: pooled`"
         )
-    seed = int(task["seed"])
     sheet = load_samples(samples_sheet, check_files=False)
-    names = list(task["samples"] or sheet.index)
-    table = read_table(table_path, task.get("id_column"), what="bulk table")
-    slides, cases, values, level = bulk_targets(table, sheet, names, task["transform"])
-
-    bags = None
-    if aggregation in ("mean", "abmil"):
-        if not stores:
-            raise HistofuseError(f"aggregation {aggregation!r} needs feature stores (--stores)")
-        bags = SlideBags.open(stores, memory_mb=float(task["memory_mb"]))
-        missing = [s for s in slides if s not in bags.ranges]
-        if missing:
-            raise HistofuseError(f"bulk task {task_name!r}: no cached tiles for slides {missing}")
-        encoders, blocks = bags.encoders, bags.blocks
-        x = bags.mean_pool(slides) if aggregation == "mean" else None
-    else:
-        if not embeddings:
-            raise HistofuseError("aggregation 'slide' needs slide embedding files (--embeddings)")
-        parts = []
-        for path in embeddings:
-            emb = read_table(path, what="slide embedding file")
-            absent = [s for s in slides if s not in emb.index]
-            if absent:
-                raise HistofuseError(
-                    f"slide embedding file {path} has no row for slides {absent[:3]}; its first "
-                    "column must hold the sample_id of every slide of the task"
-                )
-            parts.append(emb.loc[slides].to_numpy(np.float32))
-        encoders = [Path(p).stem for p in embeddings]
-        blocks = [p.shape[1] for p in parts]
-        x = np.concatenate(parts, axis=1)
-
-    truth_cases = values.groupby(cases, sort=True).mean()
-    metrics, predictions, fold_genes, pooled = [], [], {}, {}
-    for rep, fold, train_cases, test_cases in case_splits(cases, split, seed):
-        run_seed = seed + rep
-        train = np.flatnonzero(np.isin(cases, train_cases))
-        test = np.flatnonzero(np.isin(cases, test_cases))
-        on_all = genes_cfg.get("select_on", "train") == "all"
-        genes = select_bulk_genes(values, genes_cfg, np.arange(len(slides)) if on_all else train)
-        fold_genes[f"{run_seed}/{fold}"] = genes
-        y = values[genes].to_numpy(np.float32)
-        est = make_slide_head(aggregation, head, head_params, run_seed)
-        if "blocks" in est.get_params() and len(blocks) > 1:
-            est.set_params(blocks=blocks)
-        if aggregation == "abmil":
-            est.fit([slides[i] for i in train], y[train], bags=bags)
-            pred = est.predict([slides[i] for i in test], bags=bags)
-        else:
-            est.fit(x[train], y[train])
-            pred = np.asarray(est.predict(x[test])).reshape(len(test), -1)
-        # Several slides of one case: average their predictions, score the case once.
-        pred_cases = pd.DataFrame(pred, columns=genes).groupby(cases[test], sort=True).mean()
-        true_cases = truth_cases.loc[pred_cases.index, genes]
-        n_slides = pd.Series(cases[test]).value_counts().reindex(pred_cases.index).to_numpy()
-        p = pd.DataFrame({"seed": run_seed, "fold": fold, "case": pred_cases.index})
-        p["n_slides"] = n_slides
-        predictions.append(
-            pd.concat(
-                [
-                    p,
-                    pd.DataFrame(pred_cases.to_numpy(), columns=[f"pred:{g}" for g in genes]),
-                    pd.DataFrame(true_cases.to_numpy(), columns=[f"true:{g}" for g in genes]),
-                ],
-                axis=1,
-            )
-        )
-        if scoring == "per-fold":
-            m = per_gene_metrics(true_cases.to_numpy(), pred_cases.to_numpy(), genes)
-            metrics.append(_label(m, "case", fold, run_seed))
-        else:
-            pooled.setdefault(run_seed, []).append(pred_cases)
-    for run_seed, frames in pooled.items():
-        common = sorted(set.intersection(*(set(f.columns) for f in frames)))
-        if not common:
-            raise HistofuseError(
-                "pooled scoring found no gene chosen in every fold; use `genes.list` or a "
-                "larger `genes.top_k`"
-            )
-        pred_all = pd.concat([f[common] for f in frames]).sort_index()
-        if pred_all.index.duplicated().any():
-            raise HistofuseError("pooled scoring: a case was tested twice in one repeat")
-        m = per_gene_metrics(truth_cases.loc[pred_all.index, common].to_numpy(), pred_all, common)
-        metrics.append(_label(m, "case-pooled", 0, run_seed))
-
-    head_label = f"{aggregation}-{head}"
-    out = pd.concat(metrics, ignore_index=True)
-    for col, val in (("task", task_name), ("features", features_name), ("head", head_label)):
-        out.insert(0, col, val)
-    out = out[
-        [
-            "task", "features", "head", "protocol", "fold", "seed", "sample", "gene",
-            "pearson", "spearman", "mse", "constant", "n",
-        ]
-    ]  # fmt: skip
-    meta = {
-        "encoders": encoders,
-        "blocks": blocks,
-        "level": level,
-        "slides": len(slides),
-        "cases": len(truth_cases),
-        "genes": fold_genes,
-        "task": task,
-        "aggregation": aggregation,
-        "head_params": head_params or {},
-        "seconds": time.perf_counter() - t0,
-    }
-    if bags is not None:
-        meta.update(chunk_rows=bags.chunk_rows, max_rows_read=bags.max_rows_read)
-    _write_parquet(out, metrics_out, meta)
-    _write_parquet(pd.concat(predictions, ignore_index=True), predictions_out, {})
-    log.info(
-        "bulk fit %s/%s/%s: %d runs, %d slides of %d cases (%s-level targets) in %.1fs",
-        task_name,
-        features_name,
-        head_label,
-        out.groupby(["seed", "fold"]).ngroups,
-        len(slides),
-        len(truth_cases),
-        level,
-        time.perf_counter() - t0,
-    )
-    return out
-
-
-def _label(m: pd.DataFrame, protocol: str, fold: int, seed: int) -> pd.DataFrame:
-    m.insert(0, "sample", "")
-    m.insert(0, "seed", seed)
-    m.insert(0, "fold", fold)
-    m.insert(0, "protocol", protocol)
-    return m
+    names, failed = leave_out_failed(task_name, stores, list(task.samples or sheet.index))
+    table = read_table(task.table, task.id_column, what="bulk table")
+    slides, cases, values, level = bulk_targets(table, sheet, names, task.transform)
+    rows = SlideRows(task, slides, cases, values, level, failed)
+    model = slide_model(task_name, rows, aggregation, head, head_params or {}, stores, embeddings)
+    out = Outputs(task_name, features_name, metrics_out, predictions_out)
+    return run_task(rows, model, out, t0)

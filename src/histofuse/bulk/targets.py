@@ -1,4 +1,4 @@
-"""Bulk expression tables and slide-embedding files: reading, transforms, gene selection.
+"""Bulk expression tables and slide-embedding files: reading and transforms.
 
 A table has one row per id (a slide's ``sample_id`` or a case's ``patient_id``) and one column
 per gene (or embedding dimension). Accepted formats: CSV/TSV (the id in ``id_column`` or the
@@ -8,6 +8,7 @@ columns from ``var_names``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,27 +38,8 @@ def read_table(path: str | Path, id_column: str | None = None, what: str = "tabl
     path = Path(path)
     if not path.is_file():
         raise HistofuseError(f"{what} {path} does not exist; check the path in the config")
-    suffix = "".join(path.suffixes[-1:]).lower()
     try:
-        if suffix == ".h5ad":
-            import anndata
-
-            adata = anndata.read_h5ad(path)
-            x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
-            df = pd.DataFrame(x, index=adata.obs_names, columns=adata.var_names)
-        elif suffix == ".parquet":
-            df = pd.read_parquet(path)
-            if id_column is None and df.index.name is None:
-                id_column = str(df.columns[0])
-            if id_column is not None:
-                df = df.set_index(id_column)
-        elif suffix in (".csv", ".tsv", ".txt"):
-            df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
-            df = df.set_index(id_column or str(df.columns[0]))
-        else:
-            raise HistofuseError(
-                f"{what} {path}: unknown format {suffix!r}; use .csv, .tsv, .parquet or .h5ad"
-            )
+        df = _read_frame(path, id_column, what)
     except HistofuseError:
         raise
     except KeyError as exc:
@@ -79,6 +61,28 @@ def read_table(path: str | Path, id_column: str | None = None, what: str = "tabl
     if not np.isfinite(df.to_numpy()).all():
         raise HistofuseError(f"{what} {path} has missing or infinite values; fill or drop them")
     return df
+
+
+def _read_frame(path: Path, id_column: str | None, what: str) -> pd.DataFrame:
+    """A table file as a frame indexed by id, by its suffix (see :func:`read_table`)."""
+    suffix = "".join(path.suffixes[-1:]).lower()
+    if suffix == ".h5ad":
+        import anndata
+
+        adata = anndata.read_h5ad(path)
+        x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+        return pd.DataFrame(x, index=adata.obs_names, columns=adata.var_names)
+    if suffix == ".parquet":
+        df = pd.read_parquet(path)
+        if id_column is None and df.index.name is None:
+            id_column = str(df.columns[0])
+        return df if id_column is None else df.set_index(id_column)
+    if suffix in (".csv", ".tsv", ".txt"):
+        df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+        return df.set_index(id_column or str(df.columns[0]))
+    raise HistofuseError(
+        f"{what} {path}: unknown format {suffix!r}; use .csv, .tsv, .parquet or .h5ad"
+    )
 
 
 def transform_bulk(values: np.ndarray, how: str) -> np.ndarray:
@@ -116,25 +120,25 @@ def transform_bulk(values: np.ndarray, how: str) -> np.ndarray:
     return np.log2(1.0 + scaled * 1e4)
 
 
-def select_bulk_genes(values: pd.DataFrame, genes_cfg: dict, train_rows: np.ndarray) -> list[str]:
-    """The genes of one fold: a fixed ``list``, or the ``top_k`` most variable on training rows.
+def read_slide_embeddings(
+    paths: Sequence[str | Path], slides: list[str]
+) -> tuple[np.ndarray, list[int]]:
+    """Slide embeddings of the given slides from one or more files, concatenated in file order.
 
-    Args:
-        values: Transformed targets, rows (slides) × all genes.
-        genes_cfg: ``list`` or ``top_k``.
-        train_rows: Row positions of the training cases' slides; the test cases never inform
-            the choice.
+    Returns:
+        The embeddings (slides × sum of dims) as float32 and the width of each file's part.
 
     Raises:
-        HistofuseError: If ``list`` names genes the table lacks.
+        HistofuseError: If a file has no row for a slide.
     """
-    from histofuse.data.expression import top_variable_genes
-
-    if genes_cfg.get("list"):
-        absent = sorted(set(genes_cfg["list"]) - set(values.columns))
+    parts = []
+    for path in paths:
+        emb = read_table(path, what="slide embedding file")
+        absent = [s for s in slides if s not in emb.index]
         if absent:
             raise HistofuseError(
-                f"bulk `genes.list` names genes not in the table: {absent[:5]}; fix the list"
+                f"slide embedding file {path} has no row for slides {absent[:3]}; its first "
+                "column must hold the sample_id of every slide of the task"
             )
-        return list(genes_cfg["list"])
-    return top_variable_genes(values.iloc[train_rows], int(genes_cfg.get("top_k", 50)))
+        parts.append(emb.loc[slides].to_numpy(np.float32))
+    return np.concatenate(parts, axis=1), [p.shape[1] for p in parts]

@@ -1,22 +1,34 @@
-"""The fit verbs: ``fit`` (spot heads), ``bulk-fit`` (slide heads), ``peka`` (PEKA adapters)."""
+"""The fit verbs: ``fit`` (spot heads), ``bulk-fit`` (slide heads), ``peka`` (PEKA adapters).
+
+Sections come as one document each (``--task-json``, ``--head-params``, ``--peka``: inline JSON
+or a ``.json``/``.yaml`` file), validated against the config schema, which fills the defaults.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
+from typing import Any
+
+
+def _task(args: argparse.Namespace) -> Any:
+    from histofuse import settings
+
+    doc = settings.load_document(args.task_json)
+    return settings.load(settings.Task, "tasks", doc, label=f"tasks.{args.task}")
 
 
 def _fit(args: argparse.Namespace) -> None:
+    from histofuse import settings
     from histofuse.fit import fit_task
 
     fit_task(
         args.task,
-        json.loads(args.task_json),
+        _task(args),
         args.samples,
         args.stores,
         args.features,
         args.head,
-        json.loads(args.head_params),
+        settings.load_document(args.head_params),
         args.metrics,
         args.predictions,
         memory_budget_mb=args.memory_budget_mb,
@@ -24,17 +36,19 @@ def _fit(args: argparse.Namespace) -> None:
 
 
 def _bulk_fit(args: argparse.Namespace) -> None:
+    from histofuse import settings
     from histofuse.bulk.evaluate import fit_bulk_task
 
+    # The rule passes the table as --table, not in the task's document.
+    doc = {**settings.load_document(args.task_json), "table": args.table}
     fit_bulk_task(
         args.task,
-        json.loads(args.task_json),
+        settings.load(settings.BulkTask, "bulk", doc, label=f"bulk.{args.task}"),
         args.samples,
-        args.table,
         args.features,
         args.aggregation,
         args.head,
-        json.loads(args.head_params),
+        settings.load_document(args.head_params),
         args.metrics,
         args.predictions,
         stores=args.stores or (),
@@ -43,16 +57,17 @@ def _bulk_fit(args: argparse.Namespace) -> None:
 
 
 def _peka(args: argparse.Namespace) -> None:
+    from histofuse import settings
     from histofuse.peka.run import peka_task
 
     peka_task(
         args.task,
-        json.loads(args.task_json),
+        _task(args),
         args.samples,
         args.features,
         args.head,
-        json.loads(args.head_params),
-        json.loads(args.peka),
+        settings.load_document(args.head_params),
+        settings.load(settings.Peka, "peka", settings.load_document(args.peka)),
         args.metrics,
         args.predictions,
         stores=args.stores or (),
@@ -64,12 +79,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Adds this module's verbs to the ``histofuse`` parser."""
     s = sub.add_parser("fit", help="fit one head on one feature set for one task")
     s.add_argument("--task", required=True)
-    s.add_argument("--task-json", required=True)
+    s.add_argument("--task-json", required=True, help="the task's settings (JSON or a file)")
     s.add_argument("--samples", required=True, help="sample sheet")
     s.add_argument("--stores", nargs="+", required=True)
     s.add_argument("--features", required=True, help="feature set name")
     s.add_argument("--head", required=True)
-    s.add_argument("--head-params", default="{}")
+    s.add_argument("--head-params", default="{}", help="head hyperparameters (JSON or a file)")
     s.add_argument("--metrics", required=True)
     s.add_argument("--predictions", required=True)
     s.add_argument(
@@ -82,7 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("bulk-fit", help="fit one slide head for a slide-level bulk task")
     s.add_argument("--task", required=True)
-    s.add_argument("--task-json", required=True, help="the task's config (JSON)")
+    s.add_argument("--task-json", required=True, help="the task's settings (JSON or a file)")
     s.add_argument("--samples", required=True, help="sample sheet (slide → case)")
     s.add_argument("--table", required=True, help="bulk table (.csv/.tsv/.parquet/.h5ad)")
     s.add_argument("--features", required=True, help="feature set name")
@@ -90,21 +105,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--stores", nargs="*", help="feature stores (mean, abmil)")
     s.add_argument("--embeddings", nargs="*", help="slide embedding tables (slide)")
     s.add_argument("--head", required=True)
-    s.add_argument("--head-params", default="{}")
+    s.add_argument("--head-params", default="{}", help="head hyperparameters (JSON or a file)")
     s.add_argument("--metrics", required=True)
     s.add_argument("--predictions", required=True)
     s.set_defaults(func=_bulk_fit)
 
     s = sub.add_parser("peka", help="train PEKA adapters per fold and fit one head on them")
     s.add_argument("--task", required=True)
-    s.add_argument("--task-json", required=True)
+    s.add_argument("--task-json", required=True, help="the task's settings (JSON or a file)")
     s.add_argument("--samples", required=True, help="sample sheet")
     s.add_argument("--features", required=True, help="e.g. peka:uni, peka-tail:uni, teacher")
     s.add_argument("--stores", nargs="*", help="feature stores of the encoder")
     s.add_argument("--token-stores", nargs="*", help="token stores of the encoder (tail modes)")
     s.add_argument("--head", required=True)
-    s.add_argument("--head-params", default="{}")
-    s.add_argument("--peka", default="{}", help="the `peka` config section as JSON")
+    s.add_argument("--head-params", default="{}", help="head hyperparameters (JSON or a file)")
+    s.add_argument("--peka", default="{}", help="the `peka` settings (JSON or a file)")
     s.add_argument("--metrics", required=True)
     s.add_argument("--predictions", required=True)
     s.set_defaults(func=_peka)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,21 +34,12 @@ from torch import nn
 
 from histofuse.errors import HistofuseError
 
+if TYPE_CHECKING:
+    from histofuse.settings import StudentTraining
+
 log = logging.getLogger(__name__)
 
 METHODS = ("miss", "lora", "adalora", "hra")
-
-DEFAULT_TRAIN: dict[str, Any] = {
-    "epochs": 20,
-    "batch_size": 32,
-    "lr": 1.0e-4,
-    "step_size": 10,
-    "gamma": 0.1,
-    "clip": 1.0,
-    "alpha": 0.5,
-    "temperature": 2.0,
-    "structure_weight": 0.0,
-}
 
 
 class FeatureProjection(nn.Module):
@@ -241,7 +232,7 @@ def train_student(
     teacher_emb: torch.Tensor,
     labels: torch.Tensor,
     classifier: nn.Module,
-    params: dict[str, Any] | None = None,
+    params: StudentTraining,
     seed: int = 0,
 ) -> list[float]:
     """Trains the adapter and translate MLP by distillation through the frozen classifier.
@@ -254,35 +245,36 @@ def train_student(
         teacher_emb: Teacher embeddings of the same rows.
         labels: Cluster labels of the same rows.
         classifier: The frozen teacher classifier.
-        params: Overrides of :data:`DEFAULT_TRAIN`.
+        params: Epochs, batch size, optimiser and loss settings (``peka.train``).
         seed: Shuffling seed.
 
     Returns:
         Mean training loss per epoch.
     """
-    p = {**DEFAULT_TRAIN, **(params or {})}
     trainable = [q for q in student.parameters() if q.requires_grad]
-    opt = torch.optim.Adam(trainable, lr=float(p["lr"]))
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=int(p["step_size"]), gamma=p["gamma"])
+    opt = torch.optim.Adam(trainable, lr=float(params.lr))
+    sched = torch.optim.lr_scheduler.StepLR(
+        opt, step_size=int(params.step_size), gamma=params.gamma
+    )
     with torch.no_grad():
         z_t_all = classifier(teacher_emb)
     adalora = type(student.body.peft_config["default"]).__name__ == "AdaLoraConfig"
     g = torch.Generator().manual_seed(seed)
     history, step = [], 0
     student.train()
-    for _ in range(int(p["epochs"])):
+    for _ in range(int(params.epochs)):
         total, n = 0.0, 0
-        for idx in torch.randperm(len(inputs), generator=g).split(int(p["batch_size"])):
+        for idx in torch.randperm(len(inputs), generator=g).split(int(params.batch_size)):
             s = student(inputs[idx])
             loss = distill_loss(
-                classifier(s), z_t_all[idx], labels[idx], p["alpha"], p["temperature"]
+                classifier(s), z_t_all[idx], labels[idx], params.alpha, params.temperature
             )
-            if p["structure_weight"] and len(idx) > 1:
-                loss = loss + p["structure_weight"] * structure_loss(s, teacher_emb[idx])
+            if params.structure_weight and len(idx) > 1:
+                loss = loss + params.structure_weight * structure_loss(s, teacher_emb[idx])
             opt.zero_grad()
             loss.backward()
-            if p["clip"]:
-                torch.nn.utils.clip_grad_value_(trainable, float(p["clip"]))
+            if params.clip:
+                torch.nn.utils.clip_grad_value_(trainable, float(params.clip))
             opt.step()
             if adalora:
                 student.body.base_model.update_and_allocate(step)

@@ -1,6 +1,7 @@
 """The PEKA fit job: per fold, teacher → adapter → student features → a head, metrics.
 
-Feature set names (the ``features`` column of the report):
+Feature set names (the ``features`` column of the report; grammar in
+:mod:`histofuse.plan.names`):
 
 * ``peka:<enc>`` — Bone (PEFT MiSS) on a frozen identity projection of the cached features;
 * ``peka-tail:<enc>`` — Bone on ``attn.qkv`` of the encoder's last ``k`` blocks, run on the
@@ -11,64 +12,186 @@ Feature set names (the ``features`` column of the report):
 * ``teacher`` — the teacher embeddings themselves, an upper bound.
 
 Everything that is learned (teacher PCA, k-means, teacher classifier, adapter, head) is fitted on
-the training spots of each fold; test spots only receive predictions. Outputs have the layout and
-columns of :func:`histofuse.fit.fit_task`, so the report treats these rows like any other.
+the training spots of each fold; test spots only receive predictions. The job is spot rows
+(:mod:`histofuse.evaluation.spots`, as the fit stage's) and a student per fold
+(:class:`PekaModel`) run by :func:`histofuse.evaluation.runner.run_task`, so its outputs have the
+layout and columns of every other feature set's.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from histofuse import settings
 from histofuse.errors import HistofuseError
+from histofuse.evaluation.runner import Fold
+from histofuse.evaluation.spots import SpotFeatures, SpotRows
+from histofuse.plan.names import TEACHER, FeatureSet
+from histofuse.settings import Peka, Task
 
-log = logging.getLogger(__name__)
-
-MODES = ("peka", "peka-tail", "image+peka", "lora", "adalora", "hra", "teacher")
-DEFAULT_PEKA: dict[str, Any] = {
-    "teacher": {"source": "builtin", "dim": 64},
-    "clusters": 100,
-    "classifier": {"hidden": 512, "epochs": 20, "lr": 1.0e-4, "batch_size": 32},
-    "r": 256,
-    "hidden": 512,
-    "tail_blocks": 1,
-    "baseline_site": "features",
-    "train": {},
-    "seed": 42,
-}
+#: Where each PEKA mode adapts the encoder; the baselines and the teacher: ``peka.baseline_site``.
+SITES = {"peka": "features", "image+peka": "features", "peka-tail": "tail"}
+#: Modes whose adapter is Bone (PEFT MiSS); the baselines' adapter is their mode.
+MISS_MODES = ("peka", "peka-tail", "image+peka")
 
 
-def parse_features_name(name: str) -> tuple[str, str | None]:
-    """``peka-tail:uni`` → (``peka-tail``, ``uni``); ``teacher`` → (``teacher``, None).
+@dataclass
+class PekaModel:
+    """Per fold: teacher, student features and a head (the ``peka`` stage's model).
 
-    Raises:
-        HistofuseError: For an unknown mode or a missing encoder.
+    Attributes:
+        features: The parsed feature-set name.
+        site: ``features`` (cached features) or ``tail`` (cached tokens).
+        cfg: The ``peka`` settings.
+        head: Head id (:func:`histofuse.heads.probes.make_head`).
+        head_params: Its hyperparameters.
+        rows: The task's spots (raw counts for the built-in teacher).
+        image: Cached features of the spots (``None`` in tail modes).
+        tokens: Cached tokens of the spots (tail modes).
+        tokens_info: The token store's ``tokens`` provenance.
+        token_stores: Token stores (their provenance names the encoder's weights).
+        folds: What each fold learned, by ``seed/fold``.
     """
-    if name == "teacher":
-        return "teacher", None
-    mode, _, encoder = name.partition(":")
-    if mode not in MODES or mode == "teacher" or not encoder:
-        raise HistofuseError(
-            f"PEKA feature set {name!r} is not `<mode>:<encoder>` with mode one of "
-            f"{', '.join(m for m in MODES if m != 'teacher')}, or `teacher`"
+
+    features: FeatureSet
+    site: str
+    cfg: Peka
+    head: str
+    head_params: dict[str, Any]
+    rows: SpotRows
+    image: np.ndarray | None = None
+    tokens: np.ndarray | None = None
+    tokens_info: dict[str, Any] = field(default_factory=dict)
+    token_stores: Sequence[str | Path] = ()
+    folds: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        import torch
+
+        from histofuse.peka.teacher import read_teacher_file
+
+        self.mode = self.features.mode
+        self.method = "miss" if self.mode in MISS_MODES else self.mode
+        tail = self.site == "tail" and self.tokens is not None
+        self.inputs = torch.as_tensor(self.tokens if tail else self.image)
+        index = self.rows.index
+        self.file_teacher = (
+            read_teacher_file(
+                self.cfg.teacher, index["sample"].to_numpy(), index["barcode"].to_numpy()
+            )
+            if self.cfg.teacher.source == "file"
+            else None
         )
-    return mode, encoder
+
+    def fit_predict(self, fold: Fold, y: np.ndarray, genes: list[str]) -> np.ndarray:
+        """Fits the fold's teacher, student and head on its training spots; predicts the rest."""
+        from histofuse.heads.probes import make_head
+        from histofuse.heads.streaming import fit_predict
+        from histofuse.peka.teacher import builtin_teacher
+
+        emb = self.file_teacher
+        if emb is None:
+            raw = self.rows.counts.to_numpy()
+            emb = builtin_teacher(raw, fold.train, int(self.cfg.teacher.dim), self.cfg.seed)
+        info: dict[str, Any] = {"genes": genes, "teacher_dim": int(emb.shape[1])}
+        x = emb if self.mode == TEACHER else self._student_features(fold.train, emb, info)
+        self.folds[f"{fold.seed}/{fold.fold}"] = info
+        est = make_head(self.head, self.head_params, seed=fold.seed)
+        return fit_predict(est, x, y, fold.train, fold.test)
+
+    def _student_features(
+        self, train: np.ndarray, emb: np.ndarray, info: dict[str, Any]
+    ) -> np.ndarray:
+        """Trains the fold's student by distillation; its features of every spot."""
+        import torch
+
+        from histofuse.peka import adapters
+        from histofuse.peka.teacher import TeacherClassifier
+
+        cfg = self.cfg
+        clf = TeacherClassifier(
+            n_clusters=int(cfg.clusters),
+            hidden=cfg.classifier.hidden,
+            epochs=cfg.classifier.epochs,
+            lr=cfg.classifier.lr,
+            batch_size=cfg.classifier.batch_size,
+            seed=int(cfg.seed),
+        ).fit(emb[train])
+        steps = int(cfg.train.epochs) * -(-len(train) // int(cfg.train.batch_size))
+        body = (
+            adapters.TailModel(self._encoder(), int(self.tokens_info["blocks"]))
+            if self.site == "tail"
+            else adapters.FeatureProjection(self.inputs.shape[1])
+        )
+        student = adapters.build_student(
+            body, self.method, int(cfg.r), emb.shape[1], int(cfg.hidden), steps, cfg.seed
+        )
+        history = adapters.train_student(
+            student,
+            self.inputs[train],
+            torch.as_tensor(emb[train]),
+            torch.as_tensor(clf.labels_),
+            clf.model_,
+            cfg.train,
+            seed=int(cfg.seed),
+        )
+        s = adapters.student_features(student, self.inputs)
+        info.update(
+            loss=history,
+            classifier_accuracy=clf.accuracy_,
+            clusters=int(clf.kmeans_.n_clusters),
+            trainable_params=adapters.n_trainable(student),
+        )
+        return np.concatenate([self.image, s], axis=1) if self.mode == "image+peka" else s
+
+    def _encoder(self) -> Any:
+        """The encoder whose tokens were cached, with the weights recorded in the token store."""
+        from histofuse.cache.store import read_provenance
+        from histofuse.encoders.model import create_encoder
+
+        prov = read_provenance(self.token_stores[0])
+        source = prov.get("weights_source")
+        local = source not in (None, "random") and not str(source).startswith("hf-hub:")
+        enc = create_encoder(prov["encoder"]["name"], weights=source if local else None)
+        if enc.weights_sha256 != prov.get("weights_sha256"):
+            raise HistofuseError(
+                f"encoder {self.features.encoder!r} weights differ from those its tokens were "
+                f"cached with ({self.token_stores[0]}); re-run its tokens job"
+            )
+        return enc
+
+    def meta(self) -> dict[str, Any]:
+        """The encoder, what each fold learned, the token cache and the head's settings."""
+        encoder = self.features.encoder
+        return {
+            "encoders": [encoder] if encoder else [],
+            "peka": {
+                "mode": self.mode,
+                "site": self.site,
+                "method": self.method,
+                "config": settings.to_dict(self.cfg),
+                "folds": self.folds,
+            },
+            "tokens": self.tokens_info,
+            "head_params": self.head_params,
+        }
 
 
 def peka_task(
     task_name: str,
-    task: dict[str, Any],
+    task: Task,
     samples_sheet: str | Path,
     features_name: str,
     head: str,
     head_params: dict[str, Any] | None,
-    peka: dict[str, Any] | None,
+    peka: Peka,
     metrics_out: str | Path,
     predictions_out: str | Path,
     stores: Sequence[str | Path] = (),
@@ -76,14 +199,17 @@ def peka_task(
 ) -> pd.DataFrame:
     """Runs one PEKA feature set with one head over all folds of a spot task.
 
+    Samples recorded as failed at tiling and spots with non-finite features or counts are left
+    out as in the fit stage (:func:`histofuse.evaluation.spots.spot_rows`).
+
     Args:
         task_name: Task id.
-        task: The task config (as for :func:`histofuse.fit.fit_task`).
+        task: The task's settings.
         samples_sheet: The sample sheet.
         features_name: See the module docstring.
         head: Head id (``hest``, ``ridge``, …).
         head_params: Head hyperparameters.
-        peka: The ``peka`` config (overrides of :data:`DEFAULT_PEKA`).
+        peka: The ``peka`` settings.
         metrics_out: Metrics parquet.
         predictions_out: Predictions parquet.
         stores: Feature stores of the encoder (all modes but ``peka-tail``, whose baseline site is
@@ -92,195 +218,58 @@ def peka_task(
 
     Returns:
         The metrics table written.
-    """
-    import torch
 
-    from histofuse.data.expression import read_counts, transform_counts
-    from histofuse.evaluation.splits import task_splits
-    from histofuse.fit import (
-        DEFAULT_TASK,
-        _write_parquet,
-        load_feature_set,
-        metrics_table,
-        score_fold,
-        select_genes,
-    )
+    Raises:
+        HistofuseError: If the name is not a PEKA feature set or its stores are missing.
+    """
+    from histofuse.evaluation.runner import Outputs, run_task
+    from histofuse.evaluation.spots import spot_rows, task_samples
     from histofuse.heads.fusion import torch_threads
-    from histofuse.heads.probes import make_head
-    from histofuse.peka import adapters
-    from histofuse.peka.teacher import (
-        DEFAULT_TEACHER,
-        TeacherClassifier,
-        builtin_teacher,
-        read_teacher_file,
-    )
-    from histofuse.samples import load_samples
+    from histofuse.plan.names import parse
 
     t0 = time.perf_counter()
-    mode, encoder = parse_features_name(features_name)
-    cfg = {**DEFAULT_PEKA, **(peka or {})}
-    teacher_cfg = {**DEFAULT_TEACHER, **(cfg["teacher"] or {})}
-    clf_cfg = {**DEFAULT_PEKA["classifier"], **(cfg["classifier"] or {})}
-    site = {"peka": "features", "image+peka": "features", "peka-tail": "tail"}.get(
-        mode, cfg["baseline_site"]
-    )
-    method = "miss" if mode in ("peka", "peka-tail", "image+peka") else mode
-    task = {**DEFAULT_TASK, **task}
-    sheet = load_samples(samples_sheet, check_files=False)
-    names = task["samples"] or [s for s in sheet.index if sheet.at[s, "expression"]]
-
-    image, tokens, info = None, None, {}
-    if mode == "teacher" or site == "features" or mode == "image+peka":
-        if not stores:
-            raise HistofuseError(f"PEKA {features_name}: no feature stores given")
-        image, index, _ = load_feature_set(stores, names)
-    if mode != "teacher" and site == "tail":
-        if not token_stores:
-            raise HistofuseError(f"PEKA {features_name}: no token stores given (tail mode)")
-        tokens, tindex, info = adapters_tokens(token_stores, names)
-        if image is not None:
-            key = pd.MultiIndex.from_frame(tindex[["sample", "barcode"]])
-            pos = key.get_indexer(pd.MultiIndex.from_frame(index[["sample", "barcode"]]))
-            if (pos < 0).any():
-                raise HistofuseError(f"token and feature stores of {encoder} cover other tiles")
-            tokens = tokens[pos]
-        else:
-            index = tindex
-    missing = sorted(set(names) - set(index["sample"]))
-    if missing:
-        raise HistofuseError(f"task {task_name!r}: no cached features for samples {missing}")
-
-    order = np.concatenate([np.flatnonzero(index["sample"] == s) for s in names])
-    index = index.iloc[order].reset_index(drop=True)
-    image = image[order] if image is not None else None
-    tokens = tokens[order] if tokens is not None else None
-    counts = pd.concat(
-        [
-            read_counts(
-                sheet.at[s, "expression"], index.loc[index["sample"] == s, "barcode"].to_numpy()
-            )
-            for s in names
-        ],
-        ignore_index=True,
-    )
-    if counts.isna().any().any():
-        raise HistofuseError(f"task {task_name!r}: samples disagree on their gene lists")
-    raw = counts.to_numpy()
-    total = raw.sum(axis=1)
-    log_counts = np.log1p(counts)
-    genes_cfg = {**DEFAULT_TASK["genes"], **(task["genes"] or {})}
-    sample_ids = index["sample"].to_numpy()
-    patients = sheet.loc[sample_ids, "patient_id"].to_numpy()
-    seeds = [int(v) for v in (task.get("seeds") or [task["seed"]])]
-    file_teacher = (
-        read_teacher_file(teacher_cfg, sample_ids, index["barcode"].to_numpy())
-        if teacher_cfg["source"] == "file"
-        else None
-    )
-    inputs = torch.as_tensor(tokens if site == "tail" and tokens is not None else image)
-
-    metrics, predictions, fold_info = [], [], {}
+    fs = parse(features_name)
+    if not fs.is_peka:
+        raise HistofuseError(
+            f"feature set {features_name!r} is not a PEKA feature set (`<mode>:<encoder>` or "
+            f"`{TEACHER}`)"
+        )
+    site = SITES.get(fs.mode, peka.baseline_site)
+    samples = task_samples(task_name, task, samples_sheet, check_files=False)
+    loaded, info = _load_inputs(fs, site, samples.names, stores, token_stores)
+    rows, loaded = spot_rows(samples, [*stores, *token_stores], loaded)
+    arrays = loaded.arrays
+    model = PekaModel(
+        fs, site, peka, head, head_params or {}, rows,
+        image=arrays.get("image"), tokens=arrays.get("tokens"), tokens_info=info,
+        token_stores=token_stores,
+    )  # fmt: skip
+    out = Outputs(task_name, features_name, metrics_out, predictions_out)
     with torch_threads(1):  # the one CPU the peka rule reserves
-        for seed in seeds:
-            for fold, (train, test) in enumerate(
-                task_splits(task["split"] or {}, patients, sample_ids, seed)
-            ):
-                genes = select_genes(log_counts, genes_cfg, train)
-                y = transform_counts(counts[genes].to_numpy(), task["transform"], total)
-                emb = (
-                    file_teacher
-                    if file_teacher is not None
-                    else builtin_teacher(raw, train, int(teacher_cfg["dim"]), cfg["seed"])
-                )
-                info_fold: dict[str, Any] = {"genes": genes, "teacher_dim": int(emb.shape[1])}
-                if mode == "teacher":
-                    x = emb
-                else:
-                    clf = TeacherClassifier(
-                        n_clusters=int(cfg["clusters"]), seed=int(cfg["seed"]), **clf_cfg
-                    ).fit(emb[train])
-                    train_cfg = {**adapters.DEFAULT_TRAIN, **(cfg["train"] or {})}
-                    steps = int(train_cfg["epochs"]) * -(
-                        -len(train) // int(train_cfg["batch_size"])
-                    )
-                    body = (
-                        adapters.TailModel(
-                            _encoder(encoder, stores, token_stores), int(info["blocks"])
-                        )
-                        if site == "tail"
-                        else adapters.FeatureProjection(inputs.shape[1])
-                    )
-                    student = adapters.build_student(
-                        body,
-                        method,
-                        int(cfg["r"]),
-                        emb.shape[1],
-                        int(cfg["hidden"]),
-                        steps,
-                        cfg["seed"],
-                    )
-                    history = adapters.train_student(
-                        student,
-                        inputs[train],
-                        torch.as_tensor(emb[train]),
-                        torch.as_tensor(clf.labels_),
-                        clf.model_,
-                        train_cfg,
-                        seed=int(cfg["seed"]),
-                    )
-                    s = adapters.student_features(student, inputs)
-                    x = np.concatenate([image, s], axis=1) if mode == "image+peka" else s
-                    info_fold.update(
-                        loss=history,
-                        classifier_accuracy=clf.accuracy_,
-                        clusters=int(clf.kmeans_.n_clusters),
-                        trainable_params=adapters.n_trainable(student),
-                    )
-                fold_info[f"{seed}/{fold}"] = info_fold
-                est = make_head(head, head_params, seed=seed)
-                est.fit(x[train], y[train])
-                pred = np.asarray(est.predict(x[test])).reshape(len(test), -1)
-                fold_metrics, fold_pred = score_fold(
-                    y[test], pred, genes, index.iloc[test], seed, fold
-                )
-                metrics.append(fold_metrics)
-                predictions.append(fold_pred)
-    out = metrics_table(metrics, task_name, features_name, head)
-    meta = {
-        "encoders": [encoder] if encoder else [],
-        "peka": {"mode": mode, "site": site, "method": method, "config": cfg, "folds": fold_info},
-        "tokens": info,
-        "task": task,
-        "head_params": head_params or {},
-        "seconds": time.perf_counter() - t0,
-    }
-    _write_parquet(out, metrics_out, meta)
-    _write_parquet(pd.concat(predictions, ignore_index=True), predictions_out, {})
-    log.info("peka %s/%s/%s in %.1fs", task_name, features_name, head, time.perf_counter() - t0)
-    return out
+        return run_task(rows, model, out, t0)
 
 
-def adapters_tokens(
-    token_stores: Sequence[str | Path], names: list[str]
-) -> tuple[np.ndarray, pd.DataFrame, dict[str, Any]]:
-    """Cached tokens of the task's samples (see :func:`histofuse.peka.tokens.read_tokens`)."""
+def _load_inputs(
+    fs: FeatureSet,
+    site: str,
+    names: list[str],
+    stores: Sequence[str | Path],
+    token_stores: Sequence[str | Path],
+) -> tuple[SpotFeatures, dict[str, Any]]:
+    """The cached features (``image``) or tokens (tail site) of the task's spots, tokens' info.
+
+    Raises:
+        HistofuseError: If the stores the mode needs are not given.
+    """
+    from histofuse.evaluation.features import load_feature_set
     from histofuse.peka.tokens import read_tokens
 
-    return read_tokens(token_stores, names)
-
-
-def _encoder(name: str | None, stores: Sequence[str | Path], token_stores: Sequence[str | Path]):
-    """The encoder whose tokens were cached, with the weights recorded in the token store."""
-    from histofuse.cache.store import read_provenance
-    from histofuse.encoders.model import create_encoder
-
-    prov = read_provenance(token_stores[0])
-    source = prov.get("weights_source")
-    weights = None if source in (None, "random") or str(source).startswith("hf-hub:") else source
-    enc = create_encoder(prov["encoder"]["name"], weights=weights)
-    if enc.weights_sha256 != prov.get("weights_sha256"):
-        raise HistofuseError(
-            f"encoder {name!r} weights differ from those its tokens were cached with "
-            f"({token_stores[0]}); re-run its tokens job"
-        )
-    return enc
+    if fs.mode == TEACHER or site == "features":
+        if not stores:
+            raise HistofuseError(f"PEKA {fs.name}: no feature stores given")
+        image, index, _ = load_feature_set(stores, names)
+        return SpotFeatures(index, {"image": image}), {}
+    if not token_stores:
+        raise HistofuseError(f"PEKA {fs.name}: no token stores given (tail mode)")
+    tokens, index, info = read_tokens(token_stores, names)
+    return SpotFeatures(index, {"tokens": tokens}), info

@@ -17,14 +17,15 @@ Here both are fitted on the training spots of a fold only.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from histofuse.errors import HistofuseError
 
-DEFAULT_TEACHER: dict[str, Any] = {"source": "builtin", "dim": 64, "path": None, "key": None}
+if TYPE_CHECKING:
+    from histofuse.settings import Teacher
 
 
 def log_normalise(counts: np.ndarray) -> np.ndarray:
@@ -54,16 +55,19 @@ def builtin_teacher(counts: np.ndarray, train: np.ndarray, dim: int, seed: int) 
     return pca.transform(x).astype(np.float32)
 
 
-def read_teacher_file(
-    spec: dict[str, Any], samples: np.ndarray, barcodes: np.ndarray
-) -> np.ndarray:
+def read_teacher_file(teacher: Teacher, samples: np.ndarray, barcodes: np.ndarray) -> np.ndarray:
     """Reads teacher embeddings from a file, in the order of (samples, barcodes).
+
+    Args:
+        teacher: The teacher settings (``path``, and ``key`` for an ``.h5ad``).
+        samples: Sample of each spot.
+        barcodes: Barcode of each spot.
 
     Raises:
         HistofuseError: If the file is missing or unreadable, the key is absent, or a spot has
             no embedding.
     """
-    path_t = spec.get("path")
+    path_t = teacher.path
     if not path_t:
         raise HistofuseError("config `peka.teacher.path` is required with `source: file`")
     out: list[pd.DataFrame] = []
@@ -74,7 +78,7 @@ def read_teacher_file(
         else {None: Path(path_t)}
     )
     for sample, path in paths.items():
-        table = _read_embedding_table(path, spec.get("key"))
+        table = _read_embedding_table(path, teacher.key)
         if sample is not None:
             table.insert(0, "sample", sample)
         elif "sample" not in table:

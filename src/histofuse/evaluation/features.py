@@ -1,0 +1,144 @@
+"""A task's cached tile features, and the samples the tile step recorded as failed.
+
+Features come from the cache only (never from slides): one or more encoders' stores, whose
+per-tile features are concatenated. A sample that could not be tiled (``tiling.on_error:
+record``) has no features; its store's provenance says why (``failed_samples``), and every
+stage leaves it out of the task.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from histofuse.errors import HistofuseError
+
+log = logging.getLogger(__name__)
+
+
+def load_feature_set(
+    stores: Sequence[str | Path],
+    samples: list[str],
+    with_blocks: bool = False,
+    memory_budget_mb: float | None = None,
+) -> Any:
+    """Loads and concatenates (along features) the cached features of one or more encoders.
+
+    Args:
+        stores: Store paths; grouped by the encoder recorded in each store's provenance.
+        samples: Samples to keep.
+        with_blocks: Also return the per-encoder feature widths.
+        memory_budget_mb: If the kept features, as float32, exceed this many MiB, they are not
+            read: a :class:`~histofuse.heads.streaming.LazyFeatures` view is returned instead.
+
+    Returns:
+        Features (N, sum of dims) as float32 (or a lazy view of them), the index (``sample,
+        barcode, x, y``), the encoder names in concatenation order (sorted), and with
+        ``with_blocks`` the feature width of each encoder in that order (so a fusion head can
+        split ``X``).
+
+    Raises:
+        HistofuseError: If the encoders do not cover the same tiles.
+    """
+    from histofuse.cache.store import READ_BLOCK_BYTES
+    from histofuse.heads.streaming import BATCH_SHARE, LazyFeatures, exceeds_budget
+
+    # Under a budget, rows are read in small batches, and a read decodes its whole dask block.
+    block_bytes = (
+        READ_BLOCK_BYTES
+        if memory_budget_mb is None
+        else int(memory_budget_mb * 2**20 / BATCH_SHARE)
+    )
+    by_encoder = stores_by_encoder(stores)
+    encoders = sorted(by_encoder)
+    index, arrays, rows = _aligned_tables(by_encoder, encoders, samples, block_bytes)
+    widths = [int(a.shape[1]) for a in arrays]
+    x: Any = LazyFeatures(arrays, rows)
+    if exceeds_budget(len(index), sum(widths), memory_budget_mb):
+        log.info(
+            "features of %d tiles × %d exceed the %s MiB budget: streaming them",
+            len(index),
+            sum(widths),
+            memory_budget_mb,
+        )
+    else:
+        x = x.read()
+    if with_blocks:
+        return x, index, encoders, widths
+    return x, index, encoders
+
+
+def stores_by_encoder(stores: Sequence[str | Path]) -> dict[str, list[Path]]:
+    """Groups store paths by the encoder named in each store's provenance."""
+    from histofuse.cache.store import read_provenance
+
+    by_encoder: dict[str, list[Path]] = {}
+    for store in stores:
+        name = read_provenance(store)["encoder"]["name"]
+        by_encoder.setdefault(name, []).append(Path(store))
+    return by_encoder
+
+
+def _aligned_tables(
+    by_encoder: dict[str, list[Path]], encoders: list[str], samples: list[str], block_bytes: int
+) -> tuple[pd.DataFrame, list[Any], list[np.ndarray]]:
+    """Each encoder's features and the rows of the samples' tiles, in the first one's order."""
+    from histofuse.cache.store import open_features
+
+    index, ref, arrays, rows = None, None, [], []
+    for name in encoders:
+        table = open_features(by_encoder[name], block_bytes=block_bytes)
+        keep = table.index["sample"].isin(samples).to_numpy()
+        idx = table.index[keep].reset_index(drop=True)
+        r = np.flatnonzero(keep)
+        key = pd.MultiIndex.from_frame(idx[["sample", "barcode"]])
+        if key.duplicated().any():
+            raise HistofuseError(f"encoder {name}: duplicate (sample, barcode) tiles in the cache")
+        if index is None:
+            index, ref = idx, key
+        else:
+            pos = key.get_indexer(ref)
+            if (pos < 0).any() or len(key) != len(ref):
+                raise HistofuseError(
+                    f"encoder {name} does not cover the same tiles as {encoders[0]}; re-embed both "
+                    "from the same tiles"
+                )
+            r = r[pos]
+        arrays.append(table.features)
+        rows.append(r)
+    return index, arrays, rows
+
+
+def recorded_failures(stores: Sequence[str | Path], samples: list[str]) -> dict[str, str]:
+    """Samples of the task that the tile step recorded as failed, with the reason.
+
+    Such a sample (``tiling.on_error: record``) has no features in any store; its store's
+    provenance says why (``failed_samples``).
+    """
+    from histofuse.cache.store import read_provenance
+
+    out: dict[str, str] = {}
+    for store in stores:
+        for sample, reason in read_provenance(store).get("failed_samples", {}).items():
+            if sample in samples:
+                out[sample] = f"not tiled: {reason}"
+    return out
+
+
+def leave_out_failed(
+    task_name: str, stores: Sequence[str | Path], samples: list[str]
+) -> tuple[list[str], dict[str, str]]:
+    """The samples without those recorded as failed at tiling, and the failed ones' reasons.
+
+    Each failed sample is logged once; the reasons go into the metrics file's metadata
+    (``missing_samples``), from which the report lists them.
+    """
+    failed = recorded_failures(stores, samples)
+    for sample, reason in failed.items():
+        log.warning("task %s: sample %s left out: %s", task_name, sample, reason)
+    return [s for s in samples if s not in failed], failed

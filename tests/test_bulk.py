@@ -14,7 +14,7 @@ from histofuse.bulk.bags import SlideBags, budget_rows
 from histofuse.bulk.evaluate import case_splits, fit_bulk_task, make_slide_head
 from histofuse.bulk.heads import ABMILRegressor, SlideHead
 from histofuse.bulk.targets import read_table, transform_bulk
-from histofuse.cache.store import FeatureStoreWriter
+from histofuse.cache import FeatureStoreWriter
 from histofuse.errors import HistofuseError
 from histofuse.evaluation.runner import select_genes
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from histofuse import settings
-from histofuse.cache.store import open_features, read_provenance
+from histofuse.cache import open_features, read_provenance
 from histofuse.embed import embed_shard
 from histofuse.encoders.model import create_encoder
 from histofuse.fit import fit_task

@@ -7,9 +7,11 @@ from sklearn.model_selection import GroupKFold
 from sklearn.preprocessing import StandardScaler
 
 from histofuse.evaluation.metrics import per_gene_metrics
+from histofuse.evaluation.runner import select_genes
+from histofuse.evaluation.scoring import spot_units
 from histofuse.evaluation.splits import task_splits
-from histofuse.fit import _units, select_genes
 from histofuse.heads.probes import HESTProbe, make_head
+from histofuse.settings import Genes
 
 
 def _cohort(seed=0, n=600, d=300, g=12):
@@ -51,7 +53,7 @@ def test_hest_probe_reproduces_reference_per_gene_on_the_same_folds():
 
 def test_per_sample_units_score_each_test_sample():
     samples = np.array(["s1", "s1", "s2", "s2", "s2"])
-    units = _units(samples)
+    units = spot_units(samples)
     assert [u[0] for u in units] == ["hest-pooled", "per-sample", "per-sample"]
     np.testing.assert_array_equal(units[2][1], [2, 3, 4])
 
@@ -134,11 +136,14 @@ def test_gene_selection_uses_training_folds_only():
     train, test = np.arange(150), np.arange(150, n)
     counts.loc[test, "f"] = rng.poisson(500, size=len(test))  # planted: variable only in test
     logc = np.log1p(counts)
-    leaky = select_genes(logc, {"top_k": 1, "select_on": "all"}, train)
-    clean = select_genes(logc, {"top_k": 1, "select_on": "train"}, train)
+    leaky = select_genes(logc, Genes(top_k=1, list=None, select_on="all"), train)
+    clean = select_genes(logc, Genes(top_k=1, list=None, select_on="train"), train)
     assert leaky == ["f"]  # HEST's all-sample selection sees the test spots
     assert clean != ["f"]
-    assert select_genes(logc, {"list": ["b", "a"]}, train) == ["b", "a"]
+    assert select_genes(logc, Genes(top_k=50, list=("b", "a"), select_on="train"), train) == [
+        "b",
+        "a",
+    ]
 
 
 def test_alphacv_picks_from_grid_and_ridge_probe_fits():

@@ -5,6 +5,7 @@ import h5py
 import numpy as np
 import pytest
 
+from histofuse import settings
 from histofuse.errors import HistofuseError
 from histofuse.samples import load_samples
 from histofuse.slides.patches import patch_tiles, read_hest_bench
@@ -171,7 +172,11 @@ def test_hest_bench_task_embeds_the_patches_and_fits_on_the_official_splits(demo
         with Image.open(out.with_suffix(".qc.png")) as qc:
             assert np.asarray(qc.convert("L")).std() > 5  # patches drawn, not a blank sheet
     embed_shard(tiles, "tiny-cnn", tmp_path / "s.zarr")
-    task = {"hest_bench": str(demo_bench), "split": {"scheme": "patient-kfold"}}
+    task = settings.load(
+        settings.Task,
+        "tasks",
+        {"hest_bench": str(demo_bench), "split": {"scheme": "patient-kfold"}},
+    )
     metrics = fit_task(
         "T", task, "unused.tsv", [tmp_path / "s.zarr"], "tiny-cnn", "hest", {},
         tmp_path / "m.parquet", tmp_path / "p.parquet",

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from histofuse import settings
-from histofuse.cache.store import FeatureStoreWriter
+from histofuse.cache import FeatureStoreWriter
 from histofuse.errors import HistofuseError
 from histofuse.evaluation.metrics import per_gene_metrics
 from histofuse.fit import fit_task

@@ -220,7 +220,7 @@ def test_tail_mode_reads_only_the_token_cache(tmp_path):
 
     import pyarrow.parquet as pq
 
-    from histofuse.cache.store import read_provenance
+    from histofuse.cache import read_provenance
     from histofuse.demo import write_demo_cohort
     from histofuse.peka.tokens import embed_tokens
     from histofuse.samples import load_samples
@@ -232,9 +232,10 @@ def test_tail_mode_reads_only_the_token_cache(tmp_path):
         width_um=600, height_um=500,
     )  # fmt: skip
     sheet = load_samples(sheet_path)
+    spec = TilingSpec.from_config({"patch_um": 56.0, "target_mpp": 1.0})
     tiles = []
     for sample, row in sheet.iterrows():
-        table, meta = tile_spots(row["slide"], row["expression"], TilingSpec(56.0, 1.0))
+        table, meta = tile_spots(row["slide"], row["expression"], spec)
         meta["sample"] = sample
         tiles.append(tmp_path / f"{sample}.parquet")
         write_tiles(table, meta, tiles[-1])

@@ -32,7 +32,7 @@ PEKA = {
 @pytest.fixture(scope="module")
 def failed_store(small_cohort, small_tiles, tmp_path_factory):
     """A tiny-vit store of the small cohort's shard in which ``FAILED`` was not tiled."""
-    from histofuse.cache.store import read_provenance
+    from histofuse.cache import read_provenance
     from histofuse.embed import embed_shard
     from histofuse.samples import load_samples
     from histofuse.slides.failures import write_failure

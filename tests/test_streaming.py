@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from histofuse import settings
-from histofuse.cache.store import FeatureStoreWriter
+from histofuse.cache import FeatureStoreWriter
 from histofuse.errors import HistofuseError
 from histofuse.evaluation.features import load_feature_set
 from histofuse.fit import fit_task

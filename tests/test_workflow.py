@@ -264,6 +264,7 @@ def test_weights_and_pooling_changes_recompute_only_affected_stores(demo_run, tm
     import shutil
 
     from histofuse.cache.store import read_provenance
+
     from histofuse.encoders.model import sha256_file
 
     work = tmp_path / "work"

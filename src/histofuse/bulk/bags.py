@@ -1,7 +1,7 @@
 """Slide bags of cached tile features, read in chunks that fit a memory budget.
 
 A bag is every tile of one slide (one sample of the cache). Features are read only through
-:func:`histofuse.cache.store.open_features`; a feature set of several encoders is the per-tile
+:func:`histofuse.cache.open_features`; a feature set of several encoders is the per-tile
 concatenation of their features (the encoders must cover the same tiles, in the same order, as
 stores embedded from the same tile tables do). A bag is never materialised beyond
 ``budget_rows`` tiles at once: readers iterate over row chunks.
@@ -59,7 +59,7 @@ class SlideBags:
         Raises:
             HistofuseError: If the encoders do not cover the same tiles of every slide.
         """
-        from histofuse.cache.store import READ_BLOCK_BYTES, open_features
+        from histofuse.cache import READ_BLOCK_BYTES, open_features
         from histofuse.evaluation.features import stores_by_encoder
 
         by_encoder = stores_by_encoder(stores)

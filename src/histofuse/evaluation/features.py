@@ -45,7 +45,7 @@ def load_feature_set(
     Raises:
         HistofuseError: If the encoders do not cover the same tiles.
     """
-    from histofuse.cache.store import READ_BLOCK_BYTES
+    from histofuse.cache import READ_BLOCK_BYTES
     from histofuse.heads.streaming import BATCH_SHARE, LazyFeatures, exceeds_budget
 
     # Under a budget, rows are read in small batches, and a read decodes its whole dask block.
@@ -75,7 +75,7 @@ def load_feature_set(
 
 def stores_by_encoder(stores: Sequence[str | Path]) -> dict[str, list[Path]]:
     """Groups store paths by the encoder named in each store's provenance."""
-    from histofuse.cache.store import read_provenance
+    from histofuse.cache import read_provenance
 
     by_encoder: dict[str, list[Path]] = {}
     for store in stores:
@@ -88,7 +88,7 @@ def _aligned_tables(
     by_encoder: dict[str, list[Path]], encoders: list[str], samples: list[str], block_bytes: int
 ) -> tuple[pd.DataFrame, list[Any], list[np.ndarray]]:
     """Each encoder's features and the rows of the samples' tiles, in the first one's order."""
-    from histofuse.cache.store import open_features
+    from histofuse.cache import open_features
 
     index, ref, arrays, rows = None, None, [], []
     for name in encoders:
@@ -120,7 +120,7 @@ def recorded_failures(stores: Sequence[str | Path], samples: list[str]) -> dict[
     Such a sample (``tiling.on_error: record``) has no features in any store; its store's
     provenance says why (``failed_samples``).
     """
-    from histofuse.cache.store import read_provenance
+    from histofuse.cache import read_provenance
 
     out: dict[str, str] = {}
     for store in stores:

@@ -2,7 +2,7 @@
 
 The fit stage switches to this path when a task's features, as float32, exceed the memory budget
 (config ``fit.memory_budget_mb``). Features then stay on disk as a :class:`LazyFeatures` view (one
-dask array per encoder from :func:`histofuse.cache.store.open_features`, plus row indices) and
+dask array per encoder from :func:`histofuse.cache.open_features`, plus row indices) and
 heads read one batch of rows at a time; targets and predictions (spots × genes) stay in memory.
 
 Differences from the in-memory heads, by design:

@@ -153,7 +153,7 @@ class PekaModel:
 
     def _encoder(self) -> Any:
         """The encoder whose tokens were cached, with the weights recorded in the token store."""
-        from histofuse.cache.store import read_provenance
+        from histofuse.cache import read_provenance
         from histofuse.encoders.model import create_encoder
 
         prov = read_provenance(self.token_stores[0])

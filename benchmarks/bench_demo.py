@@ -32,7 +32,7 @@ def _direct(cohort: Path, work: Path, cfg: dict) -> dict[str, float]:
     from histofuse.embed import embed_shard
     from histofuse.fit import fit_task
     from histofuse.heads.names import FUSION_HEADS
-    from histofuse.plan import feature_set_name
+    from histofuse.plan.names import concat_name
     from histofuse.report.build import build_report
     from histofuse.samples import load_samples
     from histofuse.slides.spec import TilingSpec
@@ -70,7 +70,7 @@ def _direct(cohort: Path, work: Path, cfg: dict) -> dict[str, float]:
     for task_name, task in cfg["tasks"].items():
         task_stores = bench_stores if task.get("hest_bench") else stores
         for encs in sets:
-            name = feature_set_name(encs)
+            name = concat_name(encs)
             for head, params in cfg["heads"].items():
                 if head in FUSION_HEADS and len(encs) == 1:
                     continue  # as the workflow: fusion heads run on concat groups only

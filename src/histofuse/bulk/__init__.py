@@ -8,6 +8,7 @@ One target vector per case (or slide), many tiles per slide, several slides per 
   memory budget, and mean-pools them;
 * :mod:`histofuse.bulk.heads` has the released slide MLP (and the fusion strategies with the
   released ``512 → ReLU`` tail) and gated-attention MIL (ABMIL) trained on streamed bags;
-* :mod:`histofuse.bulk.evaluate` runs the case-level splits and scoring;
-* :mod:`histofuse.bulk.plan` names the workflow's bulk jobs (cheap, for parse time).
+* :mod:`histofuse.bulk.evaluate` runs the case-level splits and scoring.
+
+The workflow's bulk jobs are named in :mod:`histofuse.plan.bulk` (cheap, for parse time).
 """

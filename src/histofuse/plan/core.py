@@ -3,7 +3,8 @@
 Everything here is cheap (no torch, no slides opened): the sample table is read once, samples are
 assigned to embed shards by their order in the sheet (append-only, kept in a registry), feature
 sets are named, and the ``fit`` jobs are listed. Rules in ``workflow/rules/*.smk`` look their
-inputs and params up in the :class:`Plan`; its ``bulk`` and ``peka`` parts plan those jobs."""
+inputs and params up in the :class:`Plan`; its ``bulk`` and ``peka`` parts plan those jobs.
+"""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ include: "workflow/rules/report.smk"
 
 onstart:
     # Record which shard each sample went to, so adding samples never reshuffles finished shards.
-    PLAN.save_registry(SHARD_REGISTRY)
+    PLAN.save_registry(paths.SHARD_REGISTRY)
 
 
 localrules:

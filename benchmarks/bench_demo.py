@@ -29,10 +29,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _direct(cohort: Path, work: Path, cfg: dict) -> dict[str, float]:
+    from histofuse import settings
     from histofuse.embed import embed_shard
     from histofuse.fit import fit_task
     from histofuse.heads.names import FUSION_HEADS
-    from histofuse.plan import feature_set_name
+    from histofuse.plan.names import concat_name
     from histofuse.report.build import build_report
     from histofuse.samples import load_samples
     from histofuse.slides.spec import TilingSpec
@@ -40,7 +41,7 @@ def _direct(cohort: Path, work: Path, cfg: dict) -> dict[str, float]:
 
     times: dict[str, float] = {}
     sheet = load_samples(cohort / "samples.tsv")
-    spec = TilingSpec(patch_um=cfg["tiling"]["patch_um"], target_mpp=cfg["tiling"]["target_mpp"])
+    spec = TilingSpec.from_config(cfg["tiling"])
     t = time.perf_counter()
     tiles = []
     for sample, row in sheet.iterrows():
@@ -70,7 +71,7 @@ def _direct(cohort: Path, work: Path, cfg: dict) -> dict[str, float]:
     for task_name, task in cfg["tasks"].items():
         task_stores = bench_stores if task.get("hest_bench") else stores
         for encs in sets:
-            name = feature_set_name(encs)
+            name = concat_name(encs)
             for head, params in cfg["heads"].items():
                 if head in FUSION_HEADS and len(encs) == 1:
                     continue  # as the workflow: fusion heads run on concat groups only
@@ -79,7 +80,14 @@ def _direct(cohort: Path, work: Path, cfg: dict) -> dict[str, float]:
                 metrics.append(work / "metrics" / task_name / name / f"{head}.parquet")
                 fit_task(
                     task_name,
-                    {k: cohort.parents[1] / v if k == "hest_bench" else v for k, v in task.items()},
+                    settings.load(
+                        settings.Task,
+                        "tasks",
+                        {
+                            k: str(cohort.parents[1] / v) if k == "hest_bench" else v
+                            for k, v in task.items()
+                        },
+                    ),
                     cohort / "samples.tsv",
                     [task_stores[e] for e in encs],
                     name,
@@ -99,6 +107,7 @@ def _tile_hest_bench(work: Path, cfg: dict) -> list[Path]:
     """Tiles the pre-cut patches of the config's HEST-Bench tasks (the demo's folder)."""
     from histofuse.hest_bench import bench_samples
     from histofuse.slides.patches import patch_tiles
+    from histofuse.slides.spec import TilingSpec
     from histofuse.slides.tiling import write_tiles
 
     tiles = []
@@ -107,9 +116,7 @@ def _tile_hest_bench(work: Path, cfg: dict) -> list[Path]:
             continue
         folder = work.parent / "pipeline" / task["hest_bench"]
         for sample, row in bench_samples(name, folder).iterrows():
-            table, meta = patch_tiles(
-                row["patches"], cfg["tiling"]["patch_um"], cfg["tiling"]["target_mpp"]
-            )
+            table, meta = patch_tiles(row["patches"], TilingSpec.from_config(cfg["tiling"]))
             tiles.append(work / "tiles" / f"{sample}.parquet")
             write_tiles(table, {**meta, "sample": sample}, tiles[-1])
     return tiles

@@ -351,7 +351,8 @@ def test_bags_above_the_memory_budget_stream_from_the_cache(tmp_path):
 
 
 def test_plan_names_bulk_jobs_with_the_aggregation_in_the_head():
-    from histofuse.bulk.plan import bulk_jobs, bulk_metrics_path
+    from histofuse.plan.bulk import bulk_jobs
+    from histofuse.plan.paths import bulk_metrics as bulk_metrics_path
 
     sets = {"a": ["a"], "b": ["b"], "a+b": ["a", "b"]}
     spec = {"table": "t.csv", "heads": {"mlp": {}, "concat": {}},
@@ -388,14 +389,14 @@ def test_cli_bulk_fit_reports_bad_input_in_one_line(cohort, tmp_path, capsys):
 
 
 def test_task_params_leave_out_head_settings():
-    from histofuse.bulk.plan import bulk_task_json
+    from histofuse.plan.bulk import bulk_task_json
 
     spec = {"table": "t.csv", "heads": {"mlp": {}}, "abmil": {"attention_dim": 8}, "seed": 3}
     assert json.loads(bulk_task_json(spec)) == {"seed": 3}
 
 
 def test_missing_bulk_table_stops_at_parse_time(tmp_path):
-    from histofuse.bulk.plan import check_bulk_tables
+    from histofuse.plan.bulk import check_bulk_tables
 
     config = {"bulk": {"x": {"table": str(tmp_path / "b.csv")}}}
     with pytest.raises(HistofuseError, match=r"`bulk.x.table`: \S*b.csv does not exist"):

@@ -164,7 +164,7 @@ def test_feature_set_names():
 
 
 def test_peka_jobs_cover_sheet_tasks_and_refuse_hest_bench_folders():
-    from histofuse.peka.workflow import metrics_files
+    from histofuse.plan.peka import metrics_files
 
     config = {
         "encoders": ["tiny-vit"],

@@ -263,8 +263,7 @@ def _save_weights(path: Path, seed: int) -> None:
 def test_weights_and_pooling_changes_recompute_only_affected_stores(demo_run, tmp_path):
     import shutil
 
-    from histofuse.cache.store import read_provenance
-
+    from histofuse.cache import read_provenance
     from histofuse.encoders.model import sha256_file
 
     work = tmp_path / "work"

@@ -19,6 +19,8 @@ import pandas as pd
 
 from histofuse.errors import HistofuseError
 
+#: The gene list of a task folder that the fit stage reads.
+GENE_LIST = "var_50genes.json"
 COLUMNS = ("sample_id", "patient_id", "slide", "expression", "mpp", "mpp_source", "patches")
 
 
@@ -49,9 +51,7 @@ def bench_samples(task: str, folder: str | Path) -> pd.DataFrame:
     return _namespaced(task, sorted(table["sample_id"]), table, Path(folder))
 
 
-def _namespaced(
-    task: str, ids: list[str], table: pd.DataFrame | None, folder: Path
-) -> pd.DataFrame:
+def _namespaced(task: str, ids: list[str], table: pd.DataFrame, folder: Path) -> pd.DataFrame:
     import re
 
     bad = [s for s in ids if not re.fullmatch(r"[A-Za-z0-9._-]+", s)]
@@ -62,22 +62,16 @@ def _namespaced(
         )
     rows = []
     for sid in ids:
-        if table is not None:
-            patches, expression = table.at[sid, "patches"], table.at[sid, "expression"]
-            patient = table.at[sid, "patient_id"]
-        else:  # not written yet: the paths the demo generator will write
-            patches = str(folder / "patches" / f"{sid}.h5")
-            expression = str(folder / "adata" / f"{sid}.h5ad")
-            patient = ""
+        patient = table.at[sid, "patient_id"]
         rows.append(
             {
                 "sample_id": bench_sample_id(task, sid),
                 "patient_id": f"{task}.{patient or sid}",
                 "slide": "",
-                "expression": expression,
+                "expression": table.at[sid, "expression"],
                 "mpp": float("nan"),
                 "mpp_source": "",
-                "patches": patches,
+                "patches": table.at[sid, "patches"],
                 "split_id": sid,
                 "task": task,
             }
@@ -85,17 +79,34 @@ def _namespaced(
     return pd.DataFrame(rows).set_index("sample_id", drop=False)
 
 
-def planned_bench_samples(task: str, folder: str | Path, ids: list[str]) -> pd.DataFrame:
-    """The table :func:`bench_samples` will return once a generator writes ``ids`` to ``folder``."""
-    ids = sorted(ids)
-    return _namespaced(task, ids, None, Path(folder))
+def planned_bench_samples(task: str, folder: str | Path, files: list[Path]) -> pd.DataFrame:
+    """The table :func:`bench_samples` will return once a generator writes ``files`` to ``folder``.
+
+    Args:
+        task: The task name in the config.
+        folder: The HEST-Bench task folder.
+        files: The files the generator will write there: a sample's patches are
+            ``patches/{sample_id}.h5`` and its spots ``adata/{sample_id}.h5ad``.
+    """
+    patches = {f.stem: str(f) for f in files if f.parent.name == "patches"}
+    expression = {f.stem: str(f) for f in files if f.parent.name == "adata"}
+    ids = sorted(patches)
+    table = pd.DataFrame(
+        {"patches": patches, "expression": expression, "patient_id": dict.fromkeys(ids, "")}
+    )
+    return _namespaced(task, ids, table, Path(folder))
 
 
 def bench_files(folder: str | Path) -> list[str]:
     """The files of a task folder that the fit stage reads (split files and the gene list)."""
     folder = Path(folder)
     splits = sorted(str(p) for p in (folder / "splits").glob("*.csv"))
-    return [*splits, str(folder / "var_50genes.json")]
+    return [*splits, str(folder / GENE_LIST)]
+
+
+def planned_bench_files(files: list[Path]) -> list[str]:
+    """The files of :func:`bench_files` among those a generator will write, in their order."""
+    return [str(f) for f in files if f.parent.name == "splits" or f.name == GENE_LIST]
 
 
 def resolve_bench_task(task_name: str, task: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:

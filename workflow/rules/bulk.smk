@@ -4,18 +4,18 @@
 rule bulk_fit:
     input:
         sheet=config["samples"],
-        table=bulk_table,
-        manifests=bulk_manifests,
-        embeddings=bulk_embeddings,
+        table=lambda w: BULK.table(w.task),
+        manifests=lambda w: BULK.manifests(w.task, w.features, w.agg),
+        embeddings=lambda w: BULK.embeddings(w.task, w.features, w.agg),
     output:
-        metrics="results/bulk/metrics/{task}/{features}/{agg}-{head}.parquet",
-        predictions="results/bulk/predictions/{task}/{features}/{agg}-{head}.parquet",
+        metrics=paths.BULK_METRICS,
+        predictions=paths.BULK_PREDICTIONS,
     wildcard_constraints:
         agg="mean|abmil|slide",
     params:
-        sources=bulk_sources,
-        task=bulk_task_params,
-        head=bulk_head_params,
+        sources=lambda w, input: sources_flag(w.agg, input.embeddings, input.manifests),
+        task=lambda w: BULK.task_json(w.task),
+        head=lambda w: BULK.head_json(w.task, w.agg, w.head),
     benchmark:
         "logs/benchmark/bulk_fit/{task}/{features}/{agg}-{head}.tsv"
     log:

@@ -2,21 +2,22 @@
 # With `demo.hest_bench` it also writes the first slide of each patient as a HEST-Bench task
 # folder (hest-bench/ beside the sheet), its patches cut at the tiling's size and µm/px.
 if config["demo"]["enabled"]:
+    DEMO = PLAN.demo_outputs()
 
     rule demo_cohort:
         output:
             sheet=config["samples"],
-            slides=[s for s in SAMPLES["slide"] if s],
-            expression=SAMPLES["expression"].tolist(),
-            bulk=os.path.join(os.path.dirname(config["samples"]), "bulk.csv"),
-            hest_bench=demo_hest_bench_outputs(),
+            slides=DEMO.slides,
+            expression=DEMO.expression,
+            bulk=DEMO.bulk,
+            hest_bench=DEMO.hest_bench,
         params:
             out=parent_of_first_output,
             seed=config["demo"]["seed"],
             patients=config["demo"]["patients"],
             slides_per_patient=config["demo"]["slides_per_patient"],
             genes=config["demo"]["genes"],
-            hest_bench=demo_hest_bench_flags(),
+            hest_bench=PLAN.demo_flags,
         benchmark:
             "logs/benchmark/demo_cohort/demo_cohort.tsv"
         log:

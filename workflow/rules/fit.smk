@@ -3,18 +3,18 @@
 rule fit:
     input:
         sheet=config["samples"],
-        manifests=feature_manifests,
-        hest_bench=task_bench_files,
+        manifests=lambda w: PLAN.feature_manifests(w.task, w.features),
+        hest_bench=lambda w: PLAN.bench_files(w.task),
     output:
-        metrics="results/metrics/{task}/{features}/{head}.parquet",
-        predictions="results/predictions/{task}/{features}/{head}.parquet",
+        metrics=paths.METRICS,
+        predictions=paths.PREDICTIONS,
     wildcard_constraints:
-        features=FIT_FEATURES,
+        features=PLAN.fit_features_pattern,
     params:
-        stores=feature_stores,
-        task=task_json,
-        head=head_params,
-        memory=fit_memory_flag,
+        stores=lambda w: PLAN.feature_stores(w.task, w.features),
+        task=lambda w: PLAN.task_json(w.task),
+        head=lambda w: PLAN.head_json(w.head),
+        memory=PLAN.memory_flag,
     benchmark:
         "logs/benchmark/fit/{task}/{features}/{head}.tsv"
     log:

@@ -36,18 +36,19 @@ rule tokens:
 rule peka:
     input:
         sheet=config["samples"],
-        manifests=peka_manifests,
+        manifests=lambda w: PEKA.manifests(w.task, w.pfeatures),
     output:
-        metrics="results/metrics/{task}/{pfeatures}/{head}.parquet",
-        predictions="results/predictions/{task}/{pfeatures}/{head}.parquet",
+        metrics=paths.metrics("{task}", "{pfeatures}", "{head}"),
+        predictions=paths.predictions("{task}", "{pfeatures}", "{head}"),
+    # `pfeatures`: PEKA's names (`mode:encoder`) fall outside the global `features` constraint
     wildcard_constraints:
-        pfeatures=peka_plan.FEATURES_PATTERN,
+        pfeatures=PEKA_PATTERN,
     params:
-        stores=peka_stores,
-        token_stores=peka_token_stores,
-        task=task_json,
-        head=head_params,
-        peka=peka_json,
+        stores=lambda w: PEKA.stores(w.task, w.pfeatures),
+        token_stores=lambda w: PEKA.token_stores(w.task, w.pfeatures),
+        task=lambda w: PLAN.task_json(w.task),
+        head=lambda w: PLAN.head_json(w.head),
+        peka=PLAN.section_json("peka"),
     benchmark:
         "logs/benchmark/peka/{task}/{pfeatures}/{head}.tsv"
     log:

@@ -2,33 +2,45 @@
 # the tiling QC thumbnails). The `report` config section is a param: changing it reruns only this.
 rule report:
     input:
-        metrics=all_metrics() + all_bulk_metrics(),
-        predictions=all_predictions() + all_bulk_predictions(),
-        qc=all_qc_thumbnails(),
+        metrics=PLAN.metrics_files(),
+        predictions=PLAN.prediction_files(),
+        qc=PLAN.qc_thumbnails(),
     output:
-        csv=report("results/report/summary.csv", caption="../report/summary.rst", category="Summary"),
-        md="results/report/summary.md",
-        tex=report("results/report/summary.tex", caption="../report/summary_tex.rst", category="Tables"),
-        wide=report("results/report/wide.csv", caption="../report/wide.rst", category="Tables"),
-        wide_md="results/report/wide.md",
-        wide_tex="results/report/wide.tex",
-        gains=report("results/report/gains.csv", caption="../report/gains.rst", category="Tables"),
-        gains_md="results/report/gains.md",
-        gains_tex="results/report/gains.tex",
-        per_gene=report("results/report/per_gene.csv", caption="../report/per_gene.rst", category="Tables"),
-        per_gene_md="results/report/per_gene.md",
-        per_gene_tex="results/report/per_gene.tex",
-        bars=report("results/report/bars.svg", caption="../report/bars.rst", category="Figures"),
-        bars_png="results/report/bars.png",
-        heatmap=report("results/report/heatmap.svg", caption="../report/heatmap.rst", category="Figures"),
-        heatmap_png="results/report/heatmap.png",
-        scatter=report("results/report/scatter.svg", caption="../report/scatter.rst", category="Figures"),
-        scatter_png="results/report/scatter.png",
-        missing=report("results/report/missing.csv", caption="../report/missing.rst", category="Tables"),
-        html=report("results/report/index.html", caption="../report/index.rst", category="Summary"),
+        csv=report(
+            paths.report("summary.csv"), caption="../report/summary.rst", category="Summary"
+        ),
+        md=paths.report("summary.md"),
+        tex=report(
+            paths.report("summary.tex"), caption="../report/summary_tex.rst", category="Tables"
+        ),
+        wide=report(paths.report("wide.csv"), caption="../report/wide.rst", category="Tables"),
+        wide_md=paths.report("wide.md"),
+        wide_tex=paths.report("wide.tex"),
+        gains=report(paths.report("gains.csv"), caption="../report/gains.rst", category="Tables"),
+        gains_md=paths.report("gains.md"),
+        gains_tex=paths.report("gains.tex"),
+        per_gene=report(
+            paths.report("per_gene.csv"), caption="../report/per_gene.rst", category="Tables"
+        ),
+        per_gene_md=paths.report("per_gene.md"),
+        per_gene_tex=paths.report("per_gene.tex"),
+        bars=report(paths.report("bars.svg"), caption="../report/bars.rst", category="Figures"),
+        bars_png=paths.report("bars.png"),
+        heatmap=report(
+            paths.report("heatmap.svg"), caption="../report/heatmap.rst", category="Figures"
+        ),
+        heatmap_png=paths.report("heatmap.png"),
+        scatter=report(
+            paths.report("scatter.svg"), caption="../report/scatter.rst", category="Figures"
+        ),
+        scatter_png=paths.report("scatter.png"),
+        missing=report(
+            paths.report("missing.csv"), caption="../report/missing.rst", category="Tables"
+        ),
+        html=report(paths.report("index.html"), caption="../report/index.rst", category="Summary"),
     params:
         out=parent_of_first_output,
-        options=report_options,
+        options=PLAN.section_json("report"),
     benchmark:
         "logs/benchmark/report/report.tsv"
     log:

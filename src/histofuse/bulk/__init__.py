@@ -10,5 +10,6 @@ One target vector per case (or slide), many tiles per slide, several slides per 
   released ``512 → ReLU`` tail) and gated-attention MIL (ABMIL) trained on streamed bags;
 * :mod:`histofuse.bulk.evaluate` has the case-level splits, the slide rows (scored per case)
   and the slide heads that the fold runner (:mod:`histofuse.evaluation.runner`) runs;
-* :mod:`histofuse.bulk.plan` names the workflow's bulk jobs (cheap, for parse time).
+
+The workflow's bulk jobs are named in :mod:`histofuse.plan.bulk` (cheap, for parse time).
 """

@@ -8,4 +8,6 @@
 * :mod:`histofuse.peka.tokens` — the token cache feeding the last ``k`` blocks (tail mode).
 * :mod:`histofuse.peka.run` — the fit job: per fold, teacher → adapter → student features →
   the same heads, metrics and predictions files as every other feature set.
+
+The workflow's PEKA jobs are planned in :mod:`histofuse.plan.peka` (cheap, for parse time).
 """

@@ -1,58 +1,47 @@
-"""What the workflow will run, computed once at Snakemake parse time.
+"""The plan of a workflow run, computed once at Snakemake parse time.
 
-Everything here is cheap (no torch, no slides opened, no globbing): the sample table is read once,
-samples are assigned to embed shards by their order in the sheet, and feature sets are named.
-Rules in ``workflow/rules/*.smk`` only look things up in the :class:`Plan`.
+Everything here is cheap (no torch, no slides opened): the sample table is read once, samples are
+assigned to embed shards by their order in the sheet (append-only, kept in a registry), feature
+sets are named, and the ``fit`` jobs are listed. Rules in ``workflow/rules/*.smk`` look their
+inputs and params up in the :class:`Plan`; its ``bulk`` and ``peka`` parts plan those jobs.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from histofuse.errors import HistofuseError
+from histofuse.plan import demo as demo_plan
+from histofuse.plan import names, paths
+
+if TYPE_CHECKING:
+    from histofuse.demo.layout import DemoLayout
+    from histofuse.plan.bulk import BulkPlan
+    from histofuse.plan.peka import PekaPlan
 
 
-def feature_set_name(encoders: list[str]) -> str:
-    """Names a feature set: an encoder id, or sorted ids joined by ``+`` for a concatenation."""
-    return "+".join(sorted(encoders))
-
-
-def demo_samples(sheet: str | Path, demo: dict[str, Any]) -> pd.DataFrame:
-    """The sample table the demo generator will write, known before it runs."""
-    from histofuse.demo import demo_sample_ids
-
-    base = Path(sheet).parent
-    ids = demo_sample_ids(demo["patients"], demo["slides_per_patient"])
-    return pd.DataFrame(
-        {
-            "sample_id": ids,
-            "patient_id": [i.split("-")[0] for i in ids],
-            "slide": [str(base / "slides" / f"{i}.tiff") for i in ids],
-            "expression": [str(base / "st" / f"{i}.h5ad") for i in ids],
-            "mpp": [float("nan")] * len(ids),
-        }
-    ).set_index("sample_id", drop=False)
-
-
-def hest_bench_samples(config: dict[str, Any], taken: set[str]) -> pd.DataFrame:
+def hest_bench_samples(
+    config: dict[str, Any], demo: DemoLayout | None, taken: set[str]
+) -> pd.DataFrame:
     """The samples of the config's ``hest_bench`` tasks, named ``{task}.{sample_id}``.
 
     A folder the demo generator will write (``demo.hest_bench``) is planned from the demo's
-    settings; any other folder must exist.
+    layout; any other folder must exist.
 
     Raises:
         HistofuseError: If a folder is missing or malformed, a task also sets ``samples``, or a
             name collides with a sheet sample.
     """
-    from histofuse.hest_bench import bench_samples, planned_bench_samples
+    from histofuse.hest_bench import bench_samples
 
     tables = []
-    demo = config["demo"]
     for task, spec in config["tasks"].items():
         folder = spec.get("hest_bench")
         if not folder:
@@ -62,12 +51,8 @@ def hest_bench_samples(config: dict[str, Any], taken: set[str]) -> pd.DataFrame:
                 f"config `tasks.{task}`: `samples` and `hest_bench` exclude each other; the "
                 "HEST-Bench folder's split files list the samples"
             )
-        planned = Path(config["samples"]).parent / "hest-bench"
-        if demo["enabled"] and demo.get("hest_bench") and Path(folder) == planned:
-            from histofuse.demo import demo_hest_bench_ids
-
-            ids = demo_hest_bench_ids(demo["patients"], demo["slides_per_patient"])
-            tables.append(planned_bench_samples(task, folder, ids))
+        if demo_plan.writes_bench(demo, folder):
+            tables.append(demo_plan.bench_samples(demo, task))
         elif not Path(folder).is_dir():
             raise HistofuseError(
                 f"config `tasks.{task}.hest_bench`: {folder} is not a folder; point it at a "
@@ -122,6 +107,97 @@ def assign_shards(ids: list[str], size: int, known: dict[str, str]) -> dict[str,
     return dict(sorted(shards.items()))
 
 
+def check_encoders(config: dict[str, Any]) -> None:
+    """Stops on an unknown encoder, or weights for an encoder that is not embedded.
+
+    Raises:
+        HistofuseError: Naming the encoder.
+    """
+    from histofuse.encoders.registry import get_spec
+
+    for name in config["encoders"]:
+        get_spec(name)
+    for name in config["weights"]:
+        if name not in config["encoders"]:
+            raise HistofuseError(f"config `weights.{name}`: {name!r} is not in `encoders`")
+
+
+def plan_feature_sets(config: dict[str, Any]) -> dict[str, list[str]]:
+    """Feature set name → encoder ids: each encoder alone, then the ``concat`` groups.
+
+    Raises:
+        HistofuseError: If a group names an encoder that is not embedded, or there is none.
+    """
+    feature_sets: dict[str, list[str]] = {}
+    if config["feature_sets"]["singles"]:
+        feature_sets.update({e: [e] for e in config["encoders"]})
+    for group in config["feature_sets"]["concat"]:
+        unknown = [e for e in group if e not in config["encoders"]]
+        if unknown:
+            raise HistofuseError(
+                f"config `feature_sets.concat` names {unknown}, which are not in `encoders`"
+            )
+        feature_sets[names.concat_name(group)] = sorted(group)
+    if not feature_sets:
+        raise HistofuseError("config `feature_sets` defines no feature set")
+    return feature_sets
+
+
+def check_tasks(config: dict[str, Any], samples: pd.DataFrame) -> None:
+    """Stops when the sheet's ``tasks`` column or a task names something not configured.
+
+    Raises:
+        HistofuseError: Naming the sample or the task key.
+    """
+    if "tasks" in samples:
+        from histofuse.samples import parse_tasks
+
+        for sample, cell in samples["tasks"].items():
+            unknown = sorted(set(parse_tasks(cell)) - set(config["tasks"]))
+            if unknown:
+                raise HistofuseError(
+                    f"sample sheet {config['samples']}: sample {sample} names task(s) {unknown} "
+                    "in its `tasks` column, which are not in the config's `tasks`"
+                )
+    for task, spec in config["tasks"].items():
+        unknown = sorted(set(spec.get("samples") or []) - set(samples.index))
+        if unknown:
+            raise HistofuseError(f"config `tasks.{task}.samples` names unknown samples {unknown}")
+        heads = sorted(set(spec.get("heads") or []) - set(config["heads"]))
+        if heads:
+            raise HistofuseError(
+                f"config `tasks.{task}.heads` names {heads}, which are not in `heads`"
+            )
+
+
+def plan_samples(
+    config: dict[str, Any], demo: DemoLayout | None, known: dict[str, str]
+) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """The run's sample table and its embed shards.
+
+    The table is the sheet's (or the demo's, as its generator will write it), then the samples
+    of HEST-Bench folders, which get shards of their own: their tiles come from pre-cut patches
+    (another tiling spec), and the other tasks' embed jobs never wait for them.
+
+    Args:
+        config: The validated config.
+        demo: The demo's layout, or None when the config does not generate it.
+        known: Earlier shard assignments (see :func:`read_registry`).
+    """
+    from histofuse.samples import load_samples
+
+    samples = demo_plan.samples(demo) if demo else load_samples(config["samples"])
+    size = config["embed"]["shard_size"]
+    shards = assign_shards(list(samples.index), size, known)
+    bench = hest_bench_samples(config, demo, set(samples.index))
+    if len(bench):
+        taken = {**known, **{s: shard for shard, members in shards.items() for s in members}}
+        shards.update(assign_shards(list(bench.index), size, taken))
+        samples = pd.concat([samples, bench])
+        shards = dict(sorted(shards.items()))
+    return samples, shards
+
+
 @dataclass
 class Plan:
     """The jobs of a workflow run.
@@ -131,12 +207,14 @@ class Plan:
         samples: The sample table, indexed by ``sample_id``.
         shards: Shard id (``0000``) → sample ids, in sheet order.
         feature_sets: Feature set name → encoder ids.
+        demo: The demo cohort's layout when the config generates it, else None.
     """
 
     config: dict[str, Any]
     samples: pd.DataFrame
     shards: dict[str, list[str]]
     feature_sets: dict[str, list[str]]
+    demo: DemoLayout | None = None
     # Input functions ask the same questions once per job (1,000 embed jobs at 10k × 10); the
     # answers depend only on the plan, so they are computed once.
     _memo: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False, compare=False)
@@ -154,79 +232,21 @@ class Plan:
             HistofuseError: For unknown encoders, feature sets naming encoders that are not
                 embedded, tasks naming unknown samples, or a missing sheet.
         """
-        from histofuse.encoders.registry import get_spec
-        from histofuse.samples import load_samples
-
-        for name in config["encoders"]:
-            get_spec(name)
-        for name in config["weights"]:
-            if name not in config["encoders"]:
-                raise HistofuseError(f"config `weights.{name}`: {name!r} is not in `encoders`")
-        sheet = config["samples"]
-        if config["demo"]["enabled"]:
-            samples = demo_samples(sheet, config["demo"])
-        else:
-            samples = load_samples(sheet)
-        ids = list(samples.index)
-        known = read_registry(registry)
-        shards = assign_shards(ids, config["embed"]["shard_size"], known)
-        bench = hest_bench_samples(config, set(ids))
-        if len(bench):
-            # HEST-Bench samples get shards of their own: their tiles come from pre-cut patches
-            # (another tiling spec), and the other tasks' embed jobs never wait for them.
-            taken = {**known, **{s: shard for shard, members in shards.items() for s in members}}
-            shards.update(assign_shards(list(bench.index), config["embed"]["shard_size"], taken))
-            samples = pd.concat([samples, bench])
-            ids = list(samples.index)
-            shards = dict(sorted(shards.items()))
-
-        feature_sets: dict[str, list[str]] = {}
-        if config["feature_sets"]["singles"]:
-            feature_sets.update({e: [e] for e in config["encoders"]})
-        for group in config["feature_sets"]["concat"]:
-            unknown = [e for e in group if e not in config["encoders"]]
-            if unknown:
-                raise HistofuseError(
-                    f"config `feature_sets.concat` names {unknown}, which are not in `encoders`"
-                )
-            feature_sets[feature_set_name(group)] = sorted(group)
-        if not feature_sets:
-            raise HistofuseError("config `feature_sets` defines no feature set")
-        if "tasks" in samples:
-            from histofuse.samples import parse_tasks
-
-            for sample, cell in samples["tasks"].items():
-                unknown = sorted(set(parse_tasks(cell)) - set(config["tasks"]))
-                if unknown:
-                    raise HistofuseError(
-                        f"sample sheet {sheet}: sample {sample} names task(s) {unknown} in its "
-                        f"`tasks` column, which are not in the config's `tasks`"
-                    )
-        for task, spec in config["tasks"].items():
-            unknown = sorted(set(spec.get("samples") or []) - set(ids))
-            if unknown:
-                raise HistofuseError(
-                    f"config `tasks.{task}.samples` names unknown samples {unknown}"
-                )
-            heads = sorted(set(spec.get("heads") or []) - set(config["heads"]))
-            if heads:
-                raise HistofuseError(
-                    f"config `tasks.{task}.heads` names {heads}, which are not in `heads`"
-                )
-        return cls(config=config, samples=samples, shards=shards, feature_sets=feature_sets)
+        check_encoders(config)
+        demo = demo_plan.layout(config)
+        samples, shards = plan_samples(config, demo, read_registry(registry))
+        feature_sets = plan_feature_sets(config)
+        check_tasks(config, samples)
+        return cls(config, samples, shards, feature_sets, demo)
 
     def save_registry(self, path: str | Path) -> None:
         """Writes the shard assignment (atomically) so later runs keep it."""
-        import os
+        from histofuse.atomic import write_text
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         rows = [f"{s}\t{shard}" for shard, members in self.shards.items() for s in members]
         old = read_registry(path)
         rows += [f"{s}\t{shard}" for s, shard in old.items() if s not in self.samples.index]
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text("sample_id\tshard\n" + "\n".join(rows) + "\n")
-        os.replace(tmp, path)
+        write_text("sample_id\tshard\n" + "\n".join(rows) + "\n", path)
 
     def task_samples(self, task: str) -> list[str]:
         """Sample ids of a task (computed once per task)."""
@@ -292,3 +312,115 @@ class Plan:
                 sort_keys=True,
             )
         return self._memo[key]
+
+    @property
+    def fit_features_pattern(self) -> str:
+        """The ``fit`` rule's ``features`` wildcard: its feature sets' names, nothing else."""
+        return "|".join(map(re.escape, self.feature_sets)) or "(?!)"
+
+    def feature_manifests(self, task: str, features: str) -> list[str]:
+        """The manifests of the stores a fit job reads: every encoder × the task's shards."""
+        shards = self.task_shards(task)
+        return [paths.features_manifest(e, s) for e in self.feature_sets[features] for s in shards]
+
+    def feature_stores(self, task: str, features: str) -> list[str]:
+        """The stores of :meth:`feature_manifests`."""
+        return [paths.store_of(m) for m in self.feature_manifests(task, features)]
+
+    def bench_files(self, task: str) -> list[str]:
+        """The files a task's HEST-Bench folder gives its fit jobs (none for a sheet task).
+
+        The demo's folder may not exist yet: its generator's files are listed, so that the
+        inputs are the same before and after generation.
+        """
+        from histofuse.hest_bench import bench_files
+
+        folder = self.config["tasks"][task].get("hest_bench")
+        if not folder:
+            return []
+        if demo_plan.writes_bench(self.demo, folder):
+            return demo_plan.bench_fit_files(self.demo)
+        return bench_files(folder)
+
+    def fit_jobs(self) -> list[tuple[str, str, str]]:
+        """(task, features, head) of every ``fit`` job.
+
+        A task fits its ``heads`` (all heads by default); fusion heads only on feature sets of
+        two or more encoders.
+        """
+        from histofuse.heads.names import FUSION_HEADS
+
+        heads = self.config["heads"]
+        return [
+            (task, features, head)
+            for task, spec in self.config["tasks"].items()
+            for features, encoders in self.feature_sets.items()
+            for head in heads
+            if head not in FUSION_HEADS or len(encoders) > 1
+            if head in (spec.get("heads") or heads)
+        ]
+
+    @cached_property
+    def peka(self) -> PekaPlan:
+        """The PEKA jobs (checked when first asked for)."""
+        from histofuse.plan.peka import PekaPlan
+
+        return PekaPlan(self)
+
+    @cached_property
+    def bulk(self) -> BulkPlan:
+        """The slide-level bulk jobs (checked when first asked for)."""
+        from histofuse.plan.bulk import BulkPlan
+
+        return BulkPlan(self)
+
+    def spot_jobs(self) -> list[tuple[str, str, str]]:
+        """(task, features, head) of every spot-level job: ``fit``, then ``peka``."""
+        return self.fit_jobs() + self.peka.jobs()
+
+    def metrics_files(self) -> list[str]:
+        """Every metrics file the report reads: spot-level jobs, then bulk jobs."""
+        return [paths.metrics(*job) for job in self.spot_jobs()] + self.bulk.metrics_files()
+
+    def prediction_files(self) -> list[str]:
+        """The predictions files beside :meth:`metrics_files`, in the same order."""
+        spots = [paths.predictions(*job) for job in self.spot_jobs()]
+        return spots + self.bulk.prediction_files()
+
+    def qc_thumbnails(self) -> list[str]:
+        """Tiling QC thumbnails for the report (made only by per-sample tiling jobs)."""
+        if self.config["tiling"]["jobs"] != "sample":
+            return []
+        return [paths.tiles_qc(s) for s in self.samples.index]
+
+    def task_json(self, task: str) -> str:
+        """A task's settings, the ``--task-json`` of its jobs."""
+        return as_json(self.config["tasks"][task])
+
+    def head_json(self, head: str) -> str:
+        """A head's settings, the ``--head-params`` of its spot-level jobs."""
+        return as_json(self.config["heads"][head] or {})
+
+    def section_json(self, name: str) -> str:
+        """A config section (``report``, ``peka``) as one JSON argument."""
+        return as_json(self.config[name])
+
+    @property
+    def memory_flag(self) -> str:
+        """``--memory-budget-mb N`` when ``fit.memory_budget_mb`` is set (features are streamed)."""
+        budget = self.config["fit"]["memory_budget_mb"]
+        return "" if budget is None else f"--memory-budget-mb {budget}"
+
+    def demo_outputs(self) -> demo_plan.DemoFiles | None:
+        """The demo generator's files besides the sheet (None when the demo is off)."""
+        return demo_plan.outputs(self.demo) if self.demo else None
+
+    @property
+    def demo_flags(self) -> str:
+        """The demo generator's HEST-Bench flags."""
+        return demo_plan.hest_bench_flags(self.config)
+
+
+def as_json(doc: Any) -> str:
+    """A settings document as the one JSON argument of a CLI verb (keys sorted: stable params)."""
+    return json.dumps(doc, sort_keys=True)

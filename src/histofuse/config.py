@@ -61,7 +61,9 @@ def load_schema(path: str | Path | None = None) -> dict[str, Any]:
     """Reads a YAML JSON-schema file; by default the config schema shipped with the package."""
     import yaml
 
-    return yaml.safe_load(Path(path or SCHEMA_PATH).read_text())
+    # libyaml's loader when PyYAML has it: every job start reads the schema.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(Path(path or SCHEMA_PATH).read_text(), Loader=loader)
 
 
 def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:

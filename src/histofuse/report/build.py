@@ -285,7 +285,9 @@ def write_html(
     ]
     for name, title in (("summary", "Summary"), ("wide", "Per task"), ("gains", "Fusion gains")):
         parts.append(f"<h2>{title}</h2>")
-        parts += [g.to_html(f"table-{name}") for g in grids[name]]
+        parts += [
+            g.to_html(f"table-{name}" + (f"-{i}" if i else "")) for i, g in enumerate(grids[name])
+        ]
     captions = {
         "bars": "Pearson per method and task (error bars: std over folds)",
         "heatmap": "Per-gene Pearson (genes × methods)",

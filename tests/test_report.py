@@ -12,36 +12,55 @@ import pytest
 from histofuse.cli import main
 from histofuse.errors import HistofuseError
 from histofuse.report.build import build_report, parse_options
-from histofuse.report.render import latex_escape
+from histofuse.report.render import fmt, fmt_ci, fmt_pm, latex_escape
+from histofuse.report.tables import relative_change
 
 GENES = [f"gene_{i}" for i in range(30)]
 
 
-def write_metrics(root: Path, task: str, features: str, head: str, base: float, seed: int = 0):
-    """A metrics file in fit's format: per (fold, gene) Pearson around `base` per gene."""
+def write_metrics(
+    root: Path,
+    task: str,
+    features: str,
+    head: str,
+    base: float,
+    seed: int = 0,
+    *,
+    protocol: str = "hest",
+    samples: int = 0,
+):
+    """A metrics file in fit's format: per (fold, gene) Pearson around `base` per gene.
+
+    With `samples`, one value per test sample of each fold (the per-sample protocol), each
+    sample named after its fold; the values depend on `seed` only, so two files written with the
+    same seed carry the same result.
+    """
     rng = np.random.default_rng(seed)
     gene_level = np.linspace(-0.1, 0.3, len(GENES))
     rows = []
     for fold in range(3):
-        for g, gene in enumerate(GENES):
-            r = float(np.clip(base + gene_level[g] + rng.normal(0, 0.02), -1, 1))
-            rows.append(
-                {
-                    "task": task,
-                    "features": features,
-                    "head": head,
-                    "protocol": "hest",
-                    "fold": fold,
-                    "seed": 1,
-                    "gene": gene,
-                    "pearson": r,
-                    "spearman": r,
-                    "mse": 1 - r,
-                    "constant": False,
-                    "n": 100,
-                }
-            )
-    path = root / "metrics" / task / features / f"{head}.parquet"
+        for sample in [f"S{fold}_{i}" for i in range(samples)] or [""]:
+            for g, gene in enumerate(GENES):
+                r = float(np.clip(base + gene_level[g] + rng.normal(0, 0.02), -1, 1))
+                rows.append(
+                    {
+                        "task": task,
+                        "features": features,
+                        "head": head,
+                        "protocol": protocol,
+                        "fold": fold,
+                        "seed": 1,
+                        "sample": sample,
+                        "gene": gene,
+                        "pearson": r,
+                        "spearman": r,
+                        "mse": 1 - r,
+                        "constant": False,
+                        "n": 100,
+                    }
+                )
+    name = head if protocol == "hest" else f"{head}.{protocol}"
+    path = root / "metrics" / task / features / f"{name}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_parquet(path)
     return path
@@ -146,8 +165,8 @@ def test_best_bold_second_underlined_in_every_format(metrics_files, tmp_path):
     html = (out / "index.html").read_text()
     fused_row = next(line for line in md.splitlines() if line.startswith("| enc_a+enc_b"))
     second_row = next(line for line in md.splitlines() if line.startswith("| enc_a · hest"))
-    assert fused_row.count("**") == 6  # task_a, task_b, Average
-    assert second_row.count("<u>") == 3
+    assert fused_row.count("**") == 8  # task_a, task_b, Average, Mean rank
+    assert second_row.count("<u>") == 4
     assert r"\textbf{" in tex and r"\underline{" in tex
     assert "<b>" in html and "<u>" in html
 
@@ -213,3 +232,145 @@ def test_cli_report_writes_every_file(metrics_files, tmp_path):
     html = (out / "index.html").read_text()
     assert html.count("data:image/png;base64,") == 2
     assert not re.search(r"""src=["'](?!data:)""", html)  # self-contained
+
+
+FAST = '{"bootstrap": 0}'
+
+
+def cells(line: str) -> list[str]:
+    """The cells of a Markdown table row."""
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def test_average_and_rank_only_against_methods_with_the_same_tasks(metrics_files, tmp_path):
+    """A method present in one task does not outrank methods averaged over two."""
+    files = [*metrics_files, write_metrics(tmp_path, "task_a", "teacher", "hest", 0.9, seed=7)]
+    out = tmp_path / "report"
+    build_report(files, out, options=parse_options(FAST))
+    wide = pd.read_csv(out / "wide.csv", index_col="method")
+    assert list(wide.index) == [
+        "enc_a+enc_b · hest",
+        "enc_a · hest",
+        "enc_b · hest",
+        "teacher · hest",
+    ]
+    assert wide["n_tasks"].tolist() == [2, 2, 2, 1]
+    assert wide["tasks"].tolist() == ["task_a, task_b"] * 3 + ["task_a"]
+    # Ranked only among the three methods with both tasks: 1, 2, 3 in each task.
+    assert wide["mean_rank"].tolist() == [1.0, 2.0, 3.0, 1.0]
+    md = (out / "wide.md").read_text()
+    fused = next(line for line in md.splitlines() if line.startswith("| enc_a+enc_b"))
+    teacher = next(line for line in md.splitlines() if line.startswith("| teacher"))
+    assert cells(fused)[3:6] == ["**0.549**", "2", "**1.00**"]
+    assert cells(teacher)[1].startswith("**0.9") and cells(teacher)[2] == "–"  # best in task_a
+    assert cells(teacher)[4:6] == ["1", "**1.00**"]  # best of its own task set only
+
+
+def test_relative_gain_needs_a_reference_away_from_zero(tmp_path):
+    """Near-zero references: absolute Δ with a paired test; the percentage is withheld."""
+    files = [
+        write_metrics(tmp_path, "t", "enc_a", "hest", -0.05, seed=1),  # mean Pearson ≈ 0.05
+        write_metrics(tmp_path, "t", "enc_b", "hest", -0.08, seed=2),  # ≈ 0.02
+        write_metrics(tmp_path, "t", "enc_a+enc_b", "hest", 0.10, seed=3),  # ≈ 0.20
+    ]
+    out = tmp_path / "report"
+    summary = build_report(files, out, options=parse_options(FAST)).set_index("features")
+    gains = pd.read_csv(out / "gains.csv").iloc[0]
+    fused, a, b = (summary.at[f, "pearson_mean"] for f in ("enc_a+enc_b", "enc_a", "enc_b"))
+    assert np.isnan(gains["gain_vs_mean_single_pct"]) and np.isnan(gains["gain_vs_best_single_pct"])
+    assert gains["gain_suppressed"] == "mean, best"
+    assert np.isnan(summary.at["enc_a+enc_b", "gain_vs_singles"])
+    assert gains["delta_vs_mean_single"] == pytest.approx(fused - (a + b) / 2, abs=1e-6)
+    assert gains["delta_vs_best_single"] == pytest.approx(fused - a, abs=1e-6)
+    assert gains["p_vs_mean_single"] < 1e-6 and gains["p_vs_best_single"] < 1e-6  # 90 pairs, all up
+    md = (out / "gains.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| t |"))
+    assert row.count("–†") == 2 and f"| {fused - a:.3f} |" in row
+    assert "report.min_reference = 0.2" in md
+    assert r"$^\dagger$" in (out / "gains.tex").read_text()
+    assert "report.min_reference = 0.2" in (out / "index.html").read_text()
+    # The threshold is an option; the percentage divides by |reference|.
+    build_report(files, out, options=parse_options('{"bootstrap": 0, "min_reference": 0}'))
+    shown = pd.read_csv(out / "gains.csv").iloc[0]
+    assert shown["gain_vs_best_single_pct"] == pytest.approx(100 * (fused - a) / a, rel=1e-5)
+    assert "†" not in (out / "gains.md").read_text()
+    assert relative_change(-0.1, -0.3, 0.2) == pytest.approx(200 / 3)  # better, so positive
+
+
+def test_per_sample_values_are_paired_sample_by_sample(tmp_path):
+    """Two test samples per fold give 2 × 3 × 30 pairs, not every sample crossed with every other."""
+    files = [
+        write_metrics(tmp_path, "t", "enc_a", "hest", 0.30, 1, protocol="per-sample", samples=2),
+        write_metrics(tmp_path, "t", "enc_b", "hest", 0.20, 2, protocol="per-sample", samples=2),
+    ]
+    summary = build_report(files, tmp_path / "r", options=parse_options(FAST))
+    assert summary.set_index("features").at["enc_b", "n_pairs"] == 2 * 3 * len(GENES)
+
+
+def test_rows_identical_by_construction_are_shown_once_with_a_note(tmp_path):
+    """One sample per fold: per-sample equals pooled; concat equals linear on the same features."""
+
+    def both(features, head, base, seed, samples=1):
+        return [
+            write_metrics(tmp_path, "t", features, head, base, seed, protocol="hest-pooled"),
+            write_metrics(
+                tmp_path, "t", features, head, base, seed, protocol="per-sample", samples=samples
+            ),
+        ]
+
+    files = [
+        *both("enc_a", "linear", 0.30, 1),
+        *both("enc_b", "linear", 0.20, 2),
+        *both("enc_a+enc_b", "linear", 0.40, 3),
+        *both("enc_a+enc_b", "concat", 0.40, 3),
+        *both("enc_a+enc_b", "gated", 0.35, 4, samples=2),  # two samples: not the same result
+    ]
+    out = tmp_path / "report"
+    summary = build_report(files, out, options=parse_options(FAST))
+    assert len(summary) == 10  # the CSV keeps every row and says where each went
+    merged = summary.set_index(["features", "head", "protocol"])["identical_to"]
+    assert merged[("enc_a", "linear", "per-sample")] == "enc_a · linear · hest-pooled"
+    assert merged[("enc_a+enc_b", "linear", "per-sample")] == "enc_a+enc_b · concat · hest-pooled"
+    assert merged[("enc_a", "linear", "hest-pooled")] == ""
+    assert (merged.xs("gated", level="head") == "").all()
+
+    md = (out / "summary.md").read_text()
+    rows = [line for line in md.split("## Rows shown once")[0].splitlines() if "| t |" in line]
+    assert len(rows) == 5  # enc_a, enc_b, the fused linear/concat, gated twice
+    assert sum("| concat = linear | hest-pooled = per-sample |" in r for r in rows) == 1
+    notes = md.split("## Rows shown once")[1]
+    assert "every test fold has one sample" in notes
+    assert "concat is the linear head on the same features" in notes
+    assert "enc_a+enc_b · linear · per-sample" in notes  # what was merged is named
+    for name in ("summary.tex", "index.html"):
+        assert "Rows shown once" in (out / name).read_text()
+    gains = (out / "gains.md").read_text()
+    assert gains.count("| enc_a+enc_b |") == 3  # concat = linear once, gated per protocol
+    wide = pd.read_csv(out / "wide.csv", index_col="method")
+    assert "enc_a+enc_b · concat = linear · hest-pooled = per-sample" in wide.index
+    assert len(wide) == 5
+
+
+def test_no_negative_zero_and_one_dash_for_an_empty_cell(metrics_files, tmp_path):
+    assert fmt(-0.0004, 3) == "0.000" and fmt(-0.0006, 3) == "-0.001" and fmt(-0.0, 2) == "0.00"
+    assert fmt_pm(np.nan, np.nan, 3) == "–" and fmt_pm(0.5, np.nan, 3) == "0.500"
+    assert fmt_ci(np.nan, np.nan, 3) == "–"
+    # enc_c is enc_a less 1e-4 everywhere, in task_a only: Δ vs best single rounds to -0.000.
+    a = pd.read_parquet(metrics_files[0])
+    c = a.assign(features="enc_c", pearson=a["pearson"] - 1e-4)
+    path = tmp_path / "metrics" / "task_a" / "enc_c" / "hest.parquet"
+    path.parent.mkdir(parents=True)
+    c.to_parquet(path)
+    out = tmp_path / "report"
+    build_report([*metrics_files, path], out, options=parse_options(FAST))
+    for name in ("summary", "wide", "gains"):
+        for ext in ("md", "tex"):
+            text = (out / f"{name}.{ext}").read_text()
+            assert not re.search(r"-0\.0+(?!\d*[1-9])\b", text), (name, ext)
+            assert "– ± –" not in text and "[–, –]" not in text and r"-- $\pm$ --" not in text
+    enc_c = next(line for line in (out / "wide.md").read_text().splitlines() if "enc_c" in line)
+    assert cells(enc_c)[2] == "–"
+    summary = (out / "summary.md").read_text()
+    assert cells(next(x for x in summary.splitlines() if "| enc_c |" in x))[6] == "0.000"
+    html = (out / "index.html").read_text()
+    assert "– ± –" not in html and ">-0.000<" not in html

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from histofuse.report import plots
-from histofuse.report.render import Grid, fmt, fmt_p
+from histofuse.report import identical, plots
+from histofuse.report.render import MISSING, Grid, fmt, fmt_ci, fmt_p, fmt_pm
 from histofuse.report.summary import SUMMARY_COLUMNS, summarise
 from histofuse.report.tables import (
     ReportOptions,
@@ -38,6 +38,7 @@ from histofuse.report.tables import (
     paired_tests,
     per_gene_table,
     rank_marks,
+    relative_change,
     relative_gains,
     wide_table,
 )
@@ -60,17 +61,27 @@ def parse_options(text: str | None) -> ReportOptions:
     return settings.load(ReportOptions, "report", doc)
 
 
+def with_all_keys(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Metrics with every grouping key (a missing one takes one placeholder value)."""
+    for key, default in (("protocol", "default"), ("task", "all"), ("head", "default")):
+        if key not in metrics:
+            metrics = metrics.assign(**{key: default})
+    return metrics
+
+
 def full_summary(
     metrics: pd.DataFrame, options: ReportOptions
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The summary with intervals and paired tests, and the per-gene scores it came from."""
-    if "protocol" not in metrics:
-        metrics = metrics.assign(protocol="default")
-    if "task" not in metrics:
-        metrics = metrics.assign(task="all")
-    if "head" not in metrics:
-        metrics = metrics.assign(head="default")
+    """The summary with intervals and paired tests, and the per-gene scores it came from.
+
+    ``gain_vs_singles`` is NaN where the singles' mean is below ``options.min_reference``.
+    """
+    metrics = with_all_keys(metrics)
     summary = summarise(metrics)
+    summary["gain_vs_singles"] = [
+        relative_change(v, b, options.min_reference) / 100
+        for v, b in zip(summary["pearson_mean"], summary["single_mean"], strict=True)
+    ]
     keys = keys_of(summary)
     genes = gene_scores(metrics)
     summary = summary.merge(bootstrap_ci(genes, keys, options), on=keys, how="left")
@@ -103,8 +114,8 @@ def summary_grid(summary: pd.DataFrame, options: ReportOptions) -> Grid:
         grid.add(
             [
                 str(rec["task"]), str(rec["features"]), str(rec["head"]), str(rec["protocol"]),
-                f"{fmt(rec['pearson_mean'], d)} ± {fmt(rec['pearson_std'], d)}",
-                f"[{fmt(rec.get('ci_low'), d)}, {fmt(rec.get('ci_high'), d)}]",
+                fmt_pm(rec["pearson_mean"], rec["pearson_std"], d),
+                fmt_ci(rec.get("ci_low"), rec.get("ci_high"), d),
                 delta, fmt_p(rec.get("p_wilcoxon")), str(rec["n_folds"]), str(rec["n_genes"]),
             ],
             ["", "", "", "", mark, "", "", "", "", ""],
@@ -112,24 +123,58 @@ def summary_grid(summary: pd.DataFrame, options: ReportOptions) -> Grid:
     return grid
 
 
+def merged_grid(notes: pd.DataFrame) -> Grid:
+    """The rows shown once because they carry the same result, and why."""
+    grid = Grid(
+        title="Rows shown once",
+        header=["task", "shown as", "same result as", "why"],
+        align=list("llll"),
+        note=(
+            "These rows have the same Pearson and MSE on every seed, fold and gene; the tables "
+            "show each group once, its differing keys joined by =. summary.csv keeps every row "
+            "(column identical_to)."
+        ),
+    )
+    for rec in notes.to_dict("records"):
+        grid.add([str(rec["task"]), rec["kept"], rec["merged"], rec["reason"]])
+    return grid
+
+
+def _wide_marks(wide: pd.DataFrame, tasks: list) -> dict[str, pd.Series]:
+    """Marks per task column, and per task set for the average and the mean rank."""
+    sets = wide[("Average", "tasks")]
+    marks = {t: rank_marks(wide[(t, "mean")]) for t in tasks}
+    marks["Average"] = wide[("Average", "mean")].groupby(sets).transform(rank_marks)
+    marks["rank"] = (-wide[("Average", "mean_rank")]).groupby(sets).transform(rank_marks)
+    return marks
+
+
 def wide_grid(wide: pd.DataFrame, options: ReportOptions) -> Grid:
-    """Methods × tasks (mean ± std) plus the average; marks per column."""
+    """Methods × tasks (mean ± std), the average, the task count and the mean rank."""
     d = options.decimals
     tasks = [t for t in wide.columns.get_level_values(0).unique() if t != "Average"]
     grid = Grid(
         title="Pearson per task",
-        header=["method", *tasks, "Average"],
-        align=["l"] + ["r"] * (len(tasks) + 1),
-        note="Mean ± std over folds; best per column in bold, second underlined.",
+        header=["method", *tasks, "Average", "n tasks", "Mean rank"],
+        align=["l"] + ["r"] * (len(tasks) + 3),
+        note=(
+            "Mean ± std over folds; best per task in bold, second underlined. Average and mean "
+            "rank (1 = best in a task) compare a method only with the methods evaluated on the "
+            "same tasks: rows are grouped by their set of tasks (n tasks, and the filled task "
+            "columns), and marked within each group."
+        ),
     )
-    marks = {t: rank_marks(wide[(t, "mean")]) for t in [*tasks, "Average"]}
+    marks = _wide_marks(wide, tasks)
     for method in wide.index:
         cells = [str(method)]
-        for t in tasks:
-            m, s = wide.at[method, (t, "mean")], wide.at[method, (t, "std")]
-            cells.append(f"{fmt(m, d)} ± {fmt(s, d)}")
+        cells += [
+            fmt_pm(wide.at[method, (t, "mean")], wide.at[method, (t, "std")], d) for t in tasks
+        ]
         cells.append(fmt(wide.at[method, ("Average", "mean")], d))
-        grid.add(cells, ["", *[marks[t][method] for t in [*tasks, "Average"]]])
+        cells.append(str(int(wide.at[method, ("Average", "n_tasks")])))
+        cells.append(fmt(wide.at[method, ("Average", "mean_rank")], 2))
+        cell_marks = [marks[t][method] for t in [*tasks, "Average"]]
+        grid.add(cells, ["", *cell_marks, "", marks["rank"][method]])
     return grid
 
 
@@ -140,34 +185,48 @@ def _single_label(rec: dict) -> str:
     return str(rec["best_single"]) + ("" if same else f" ({head})")
 
 
-def gains_grid(gains: pd.DataFrame, summary: pd.DataFrame, options: ReportOptions) -> Grid:
-    """Relative gains of multi-encoder rows, with the paired p-value against the best single."""
+def _gain_cell(rec: dict, which: str) -> str:
+    """A relative gain in %, or ``–†`` when its reference is too close to zero."""
+    if which in str(rec.get("gain_suppressed", "")).split(", "):
+        return MISSING + "†"
+    return fmt(rec[f"gain_vs_{which}_single_pct"], 2)
+
+
+def gains_grid(gains: pd.DataFrame, options: ReportOptions) -> Grid:
+    """Absolute and relative gains of multi-encoder rows, with paired p-values."""
     d = options.decimals
     grid = Grid(
-        title="Relative gain of fused feature sets",
+        title="Gain of fused feature sets",
         header=[
             "task", "features", "head", "protocol", "Pearson", "mean of its singles",
-            "gain vs mean (%)", "best single", "gain vs best (%)", "p (Wilcoxon)",
+            "Δ vs mean", "p", "gain vs mean (%)", "best single", "Δ vs best", "p",
+            "gain vs best (%)",
         ],
-        align=list("llll") + list("rrrlrr"),
+        align=list("llll") + list("rrrrrlrrr"),
         note=(
-            "Gain = (fused − reference) / reference × 100 %, per task, head and protocol; a "
-            "fusion head is compared with the head in brackets on the single encoders."
+            "Δ: mean paired difference in Pearson over seeds, folds and genes; p: Wilcoxon "
+            "signed-rank on those pairs; gain = (fused − reference) / |reference| × 100 %, per "
+            "task, head and protocol; a fusion head is compared with the head in brackets on the "
+            "single encoders."
         ),
     )  # fmt: skip
-    keys = keys_of(gains)
-    p = summary.set_index(keys)["p_wilcoxon"] if len(summary) else pd.Series(dtype=float)
     for rec in gains.to_dict("records"):
         grid.add(
             [
                 str(rec["task"]), str(rec["features"]), str(rec["head"]),
                 str(rec.get("protocol", "")), fmt(rec["pearson_mean"], d),
-                fmt(rec["mean_single"], d),
-                fmt(rec["gain_vs_mean_single_pct"], 2), _single_label(rec),
-                fmt(rec["gain_vs_best_single_pct"], 2),
-                fmt_p(p.get(tuple(rec[k] for k in keys))),
+                fmt(rec["mean_single"], d), fmt(rec["delta_vs_mean_single"], d),
+                fmt_p(rec["p_vs_mean_single"]), _gain_cell(rec, "mean"), _single_label(rec),
+                fmt(rec["delta_vs_best_single"], d), fmt_p(rec["p_vs_best_single"]),
+                _gain_cell(rec, "best"),
             ]
         )  # fmt: skip
+    if gains["gain_suppressed"].astype(bool).any():
+        grid.footer.append(
+            f"† relative gain not shown: the reference's |Pearson| is below "
+            f"report.min_reference = {options.min_reference:g}, where a small difference reads "
+            "as a large percentage; the absolute Δ and its p-value stand."
+        )
     return grid
 
 
@@ -226,7 +285,9 @@ def write_html(
     ]
     for name, title in (("summary", "Summary"), ("wide", "Per task"), ("gains", "Fusion gains")):
         parts.append(f"<h2>{title}</h2>")
-        parts += [g.to_html(f"table-{name}") for g in grids[name]]
+        parts += [
+            g.to_html(f"table-{name}" + (f"-{i}" if i else "")) for i, g in enumerate(grids[name])
+        ]
     captions = {
         "bars": "Pearson per method and task (error bars: std over folds)",
         "heatmap": "Per-gene Pearson (genes × methods)",
@@ -245,6 +306,20 @@ def write_html(
     path = out / "index.html"
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
+
+
+def _write_csvs(out: Path, summary, wide, gains, per_gene) -> None:
+    """The machine-readable tables: every row, full precision."""
+    p_text = summary["p_wilcoxon"].map(lambda v: "" if pd.isna(v) else f"{v:.6g}")
+    summary.assign(p_wilcoxon=p_text).to_csv(out / "summary.csv", index=False, float_format="%.6f")
+    flat = wide.copy()
+    flat.columns = [
+        f"{t}_{s}" if t != "Average" else ("average_mean" if s == "mean" else s)
+        for t, s in wide.columns
+    ]
+    flat.to_csv(out / "wide.csv", float_format="%.6f")
+    gains.to_csv(out / "gains.csv", index=False, float_format="%.6f")
+    per_gene.to_csv(out / "per_gene.csv", index=False, float_format="%.6f")
 
 
 def build_report(
@@ -270,24 +345,21 @@ def build_report(
     options = options or parse_options(None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    metrics = load_metrics(metrics_files)
+    metrics = with_all_keys(load_metrics(metrics_files))
     summary, genes = full_summary(metrics, options)
-    wide = wide_table(summary)
-    gains = relative_gains(summary)
-    per_gene = per_gene_table(genes)
+    groups = identical.identical_rows(metrics, summary)
+    summary["identical_to"] = identical.identical_to(summary, groups)
+    shown = identical.collapse(summary, groups)
+    wide = wide_table(identical.collapse_methods(summary, groups))
+    gains = relative_gains(summary, metrics, options.min_reference)
+    gains["identical_to"] = identical.identical_to(gains, groups)
+    _write_csvs(out, summary, wide, gains, per_gene_table(genes))
 
-    p_text = summary["p_wilcoxon"].map(lambda v: "" if pd.isna(v) else f"{v:.6g}")
-    summary.assign(p_wilcoxon=p_text).to_csv(out / "summary.csv", index=False, float_format="%.6f")
-    flat = wide.copy()
-    flat.columns = [f"{t}_{s}" if t != "Average" else f"average_{s}" for t, s in wide.columns]
-    flat.drop(columns="average_std").to_csv(out / "wide.csv", float_format="%.6f")
-    gains.to_csv(out / "gains.csv", index=False, float_format="%.6f")
-    per_gene.to_csv(out / "per_gene.csv", index=False, float_format="%.6f")
-
+    notes = identical.merge_notes(groups)
     grids = {
-        "summary": [summary_grid(summary, options)],
+        "summary": [summary_grid(shown, options)] + ([merged_grid(notes)] if len(notes) else []),
         "wide": [wide_grid(wide, options)],
-        "gains": [gains_grid(gains, summary, options)],
+        "gains": [gains_grid(identical.collapse(gains, groups), options)],
         "per_gene": per_gene_grids(genes, summary, options),
     }
     heading = {

@@ -22,7 +22,15 @@ _LATEX_SPECIAL = {
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
 }
-_LATEX_SYMBOLS = {"±": r"$\pm$", "Δ": r"$\Delta$", "·": r"$\cdot$", "–": "--", "−": "-"}
+_LATEX_SYMBOLS = {
+    "±": r"$\pm$",
+    "Δ": r"$\Delta$",
+    "·": r"$\cdot$",
+    "–": "--",
+    "−": "-",
+    "†": r"$^\dagger$",
+}
+MISSING = "–"
 
 
 def latex_escape(text: str) -> str:
@@ -33,17 +41,41 @@ def latex_escape(text: str) -> str:
     return out
 
 
+def _missing(value: float | None) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def fmt(value: float | None, decimals: int) -> str:
-    """Fixed-point number, or ``–`` for a missing value."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:.{decimals}f}"
+    """Fixed-point number, or ``–`` for a missing value.
+
+    A value that rounds to zero prints without a sign (``0.000``, never ``-0.000``).
+    """
+    if _missing(value):
+        return MISSING
+    text = f"{value:.{decimals}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
+def fmt_pm(mean: float | None, std: float | None, decimals: int) -> str:
+    """``mean ± std``; ``mean`` alone without a std; one ``–`` without a mean."""
+    if _missing(mean):
+        return MISSING
+    if _missing(std):
+        return fmt(mean, decimals)
+    return f"{fmt(mean, decimals)} ± {fmt(std, decimals)}"
+
+
+def fmt_ci(low: float | None, high: float | None, decimals: int) -> str:
+    """``[low, high]``, or one ``–`` when the interval is missing."""
+    if _missing(low) or _missing(high):
+        return MISSING
+    return f"[{fmt(low, decimals)}, {fmt(high, decimals)}]"
 
 
 def fmt_p(value: float | None) -> str:
     """A p-value with three significant digits, or ``–``."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
+    if _missing(value):
+        return MISSING
     return f"{value:.3g}"
 
 
@@ -58,6 +90,7 @@ class Grid:
         marks: ``"best"``, ``"second"`` or ``""`` per cell (same shape as ``rows``).
         note: One-sentence description printed under the title.
         align: ``l`` or ``r`` per column.
+        footer: Footnotes printed under the table (one per line), empty for none.
     """
 
     title: str
@@ -66,6 +99,7 @@ class Grid:
     marks: list[list[str]] = field(default_factory=list)
     note: str = ""
     align: list[str] = field(default_factory=list)
+    footer: list[str] = field(default_factory=list)
 
     def add(self, cells: list[str], marks: list[str] | None = None) -> None:
         """Appends a row (marks default to none)."""
@@ -87,6 +121,8 @@ class Grid:
         for cells, marks in zip(self.rows, self.marks, strict=True):
             txt = [wrap[m].format(c.replace("|", r"\|")) for c, m in zip(cells, marks, strict=True)]
             lines.append("| " + " | ".join(txt) + " |")
+        if self.footer:
+            lines += ["", *[f"{f}  " for f in self.footer]]
         return "\n".join(lines) + "\n"
 
     def to_latex(self, label: str) -> str:
@@ -105,7 +141,9 @@ class Grid:
         for cells, marks in zip(self.rows, self.marks, strict=True):
             txt = [wrap[m].format(latex_escape(c)) for c, m in zip(cells, marks, strict=True)]
             lines.append(" & ".join(txt) + r" \\")
-        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        lines += [rf"\par\footnotesize {latex_escape(f)}" for f in self.footer]
+        lines.append(r"\end{table}")
         return "\n".join(lines) + "\n"
 
     def to_html(self, table_id: str) -> str:
@@ -122,5 +160,6 @@ class Grid:
                 out.append(f"<td{cls}>{wrap[m].format(html.escape(c))}</td>")
             out.append("</tr>")
         out.append("</tbody></table>")
+        out += [f'<p class="note footer">{html.escape(f)}</p>' for f in self.footer]
         note = f'<p class="note">{html.escape(self.note)}</p>' if self.note else ""
         return note + "".join(out)

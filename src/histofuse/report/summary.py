@@ -8,7 +8,8 @@ genes excluded and counted), a row's ``pearson_mean`` is the mean over folds (an
 For a feature set of several encoders, ``single_mean`` is the mean ``pearson_mean`` of its single
 encoders under the same task and protocol, with the same head when the single encoders have it,
 else the ``linear`` head (Meta-Encoder's single-encoder probe), else ``hest``;
-``gain_vs_singles`` = (``pearson_mean`` − ``single_mean``) / ``single_mean``.
+``gain_vs_singles`` = (``pearson_mean`` − ``single_mean``) / |``single_mean``| (the absolute value
+keeps the sign of the change when the singles' mean is negative).
 """
 
 from __future__ import annotations
@@ -80,5 +81,5 @@ def _single_baseline(rows: pd.DataFrame, row: object) -> tuple[float, float]:
         found = same[same["head"] == head]
         if len(found) == len(encoders):
             base = float(found["pearson_mean"].mean())
-            return base, (row.pearson_mean - base) / base  # type: ignore[attr-defined]
+            return base, (row.pearson_mean - base) / abs(base)  # type: ignore[attr-defined]
     return float("nan"), float("nan")

@@ -13,6 +13,7 @@ HEST, unless ``cap_components`` is set.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,8 @@ from histofuse.heads.names import TORCH_HEADS
 
 if TYPE_CHECKING:
     from histofuse.heads.streaming import LazyFeatures
+
+log = logging.getLogger(__name__)
 
 
 class HESTProbe(MultiOutputMixin, RegressorMixin, BaseEstimator):
@@ -67,8 +70,17 @@ class HESTProbe(MultiOutputMixin, RegressorMixin, BaseEstimator):
             HistofuseError: If ``n_components`` exceeds either and ``cap_components`` is off.
         """
         limit = min(n_rows, n_features)
-        if self.n_components <= limit or self.cap_components:
-            return min(self.n_components, limit)
+        if self.n_components <= limit:
+            return self.n_components
+        if self.cap_components:
+            log.warning(
+                "%s: PCA width cut from %d to %d (cap_components; HEST's run with latent_dim %d)",
+                self.head_name,
+                self.n_components,
+                limit,
+                limit,
+            )
+            return limit
         raise HistofuseError(
             f"head {self.head_name!r}: a PCA of n_components={self.n_components} (HEST's "
             f"latent_dim) needs as many features and training rows, but the fold has "

@@ -25,10 +25,10 @@ def _cohort(seed=0, n=600, d=300, g=12):
 
 def _reference_pooled_pearson(x, y, train, test):
     """HEST: scaler + PCA + ridge on the train fold, Pearson per gene over pooled test spots."""
-    scaler = StandardScaler().fit(x[train])
-    pca = PCA(n_components=256, random_state=1).fit(scaler.transform(x[train]))
-    ztr = pca.transform(scaler.transform(x[train])).astype(np.float32)
-    zte = pca.transform(scaler.transform(x[test])).astype(np.float32)
+    scaler, pca = StandardScaler(), PCA(n_components=256, random_state=1)
+    # training scores from fit_transform; float32 scores (HEST's torch.Tensor) fitted in float64
+    ztr = pca.fit_transform(scaler.fit_transform(x[train])).astype(np.float32).astype(float)
+    zte = pca.transform(scaler.transform(x[test])).astype(np.float32).astype(float)
     ridge = Ridge(
         alpha=100 / (ztr.shape[1] * y.shape[1]), solver="lsqr", fit_intercept=False, max_iter=1000
     ).fit(ztr, y[train])

@@ -18,14 +18,18 @@ def _data(n=300, d=40, g=6, seed=0):
 
 
 def _reference(xtr, ytr, xte, n_components, seed=1):
-    """HEST-Benchmark's probe, written out step by step."""
-    scaler = StandardScaler().fit(xtr)
-    pca = PCA(n_components=n_components, random_state=seed).fit(scaler.transform(xtr))
-    ztr = pca.transform(scaler.transform(xtr)).astype(np.float32)
-    zte = pca.transform(scaler.transform(xte)).astype(np.float32)
+    """HEST-Benchmark's probe, written out step by step.
+
+    Scaler and PCA scores of the training rows from ``fit_transform``; scores rounded to float32
+    (HEST's ``torch.Tensor``) and fitted in float64 by an lsqr ridge without intercept.
+    """
+    scaler = StandardScaler()
+    pca = PCA(n_components=n_components, random_state=seed)
+    ztr = pca.fit_transform(scaler.fit_transform(xtr)).astype(np.float32).astype(np.float64)
+    zte = pca.transform(scaler.transform(xte)).astype(np.float32).astype(np.float64)
     alpha = 100 / (ztr.shape[1] * ytr.shape[1])
-    ridge = Ridge(alpha=alpha, solver="lsqr", fit_intercept=False, max_iter=1000).fit(ztr, ytr)
-    return ridge.predict(zte)
+    ridge = Ridge(alpha=alpha, solver="lsqr", fit_intercept=False, max_iter=1000, random_state=seed)
+    return ridge.fit(ztr, ytr).predict(zte)
 
 
 def test_matches_reference_computation():
@@ -37,10 +41,24 @@ def test_matches_reference_computation():
     assert probe.alpha_ == pytest.approx(100 / (16 * 6))
 
 
-def test_width_is_capped_by_training_rank():
-    x, y = _data(n=30, d=40)
-    probe = HESTProbe().fit(x, y)  # 256 components asked, 30 samples
-    assert probe.reducer_.named_steps["pca"].n_components_ == 30
+def test_pca_wider_than_features_or_rows_is_an_error_naming_the_key():
+    x, y = _data(n=300, d=40)
+    with pytest.raises(
+        HistofuseError, match=r"40 features.*`heads\.hest\.n_components` to at most 40"
+    ):
+        HESTProbe().fit(x, y)  # HEST's 256 components on 40 features
+    with pytest.raises(HistofuseError, match=r"30 training rows.*at most 30"):
+        HESTProbe(n_components=35).fit(x[:30], y[:30])
+    with pytest.raises(HistofuseError, match=r"`heads\.hest-alphacv\.n_components`"):
+        make_head("hest-alphacv").fit(x, y)
+
+
+def test_capped_width_equals_the_probe_asked_for_that_width():
+    x, y = _data(n=300, d=40)
+    capped = HESTProbe(cap_components=True).fit(x[:200], y[:200])
+    assert capped.reducer_.named_steps["pca"].n_components_ == 40
+    exact = HESTProbe(n_components=40).fit(x[:200], y[:200])
+    np.testing.assert_array_equal(capped.predict(x[200:]), exact.predict(x[200:]))
 
 
 def test_predictive_on_signal():

@@ -146,19 +146,30 @@ def test_streamed_heads_match_the_in_memory_fit(cohort, head, params, tol):
     assert not np.allclose(streamed, mem)  # really a different (streamed) fit
 
 
-def test_streamed_hest_probe_matches_exact_pca_at_full_rank(cohort):
-    """With all components kept the incremental PCA spans the same space: same predictions."""
+@pytest.mark.parametrize(("width", "rtol", "pearson_tol"), [(16, 1e-5, 1e-6), (64, 1e-3, 1e-4)])
+def test_streamed_hest_probe_matches_the_in_memory_probe(cohort, width, rtol, pearson_tol):
+    """Exact PCA from the streamed covariance, lsqr on the R factor of [Z | y]: HEST's numbers.
+
+    700 training rows of 64 features: scikit-learn's PCA solves exactly (``covariance_eigh``),
+    as the streamed one does. What is left is rounding (the in-memory PCA runs in float32) and
+    lsqr stopping at its tolerance on a slightly different problem; it grows at full width,
+    where the smallest components enter.
+    """
     sheet, stores = cohort
     samples = pd.read_csv(sheet, sep="\t")["sample_id"].tolist()
     x = load_feature_set(stores, samples)[0]
     lazy = load_feature_set(stores, samples, memory_budget_mb=0.01)[0]
-    y = x[:, :3] * 2 + 1
+    rng = np.random.default_rng(1)
+    y = x[:, :6] @ rng.normal(size=(6, 5)) + rng.normal(size=(len(x), 5))
     train, test = np.arange(700), np.arange(700, len(x))
-    mem = fit_predict(make_head("hest", {"n_components": 64}), x, y, train, test)
-    streamed = fit_predict(make_head("hest", {"n_components": 64}), lazy, y, train, test, 128)
-    # lsqr stops at its tolerance (1e-4) where the streamed ridge is solved exactly
-    np.testing.assert_allclose(streamed, mem, atol=0.01 * y[test].std())
-    assert np.corrcoef(streamed.ravel(), mem.ravel())[0, 1] > 0.9999
+    params = {"n_components": width}
+    mem = fit_predict(make_head("hest", params), x, y, train, test)
+    for rows in (64, 128):
+        streamed = fit_predict(make_head("hest", params), lazy, y, train, test, rows)
+        np.testing.assert_allclose(streamed, mem, rtol=0, atol=rtol * np.abs(mem).max())
+        r_mem = [np.corrcoef(mem[:, g], y[test, g])[0, 1] for g in range(5)]
+        r_str = [np.corrcoef(streamed[:, g], y[test, g])[0, 1] for g in range(5)]
+        np.testing.assert_allclose(r_str, r_mem, rtol=0, atol=pearson_tol)
 
 
 def test_heads_that_cannot_stream_say_so(cohort):

@@ -73,7 +73,7 @@ def test_fit_writes_per_fold_gene_metrics(stores, small_cohort, tmp_path):
         [stores["tiny-vit"], stores["tiny-cnn"]],
         "tiny-cnn+tiny-vit",
         "hest",
-        {},
+        {"cap_components": True},  # 58 training spots: fewer than 256 components
         tmp_path / "m.parquet",
         tmp_path / "p.parquet",
     )

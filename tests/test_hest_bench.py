@@ -178,7 +178,7 @@ def test_hest_bench_task_embeds_the_patches_and_fits_on_the_official_splits(demo
         {"hest_bench": str(demo_bench), "split": {"scheme": "patient-kfold"}},
     )
     metrics = fit_task(
-        "T", task, "unused.tsv", [tmp_path / "s.zarr"], "tiny-cnn", "hest", {},
+        "T", task, "unused.tsv", [tmp_path / "s.zarr"], "tiny-cnn", "hest", {"cap_components": True},
         tmp_path / "m.parquet", tmp_path / "p.parquet",
     )  # fmt: skip
     genes = json.loads((demo_bench / "var_50genes.json").read_text())["genes"]

@@ -25,7 +25,7 @@ def _config(path: Path, on_error: str) -> Path:
     cfg["feature_sets"] = {"singles": True}
     cfg["tasks"]["demo-spots"].update(genes={"top_k": 20, "select_on": "all"})
     cfg["tasks"]["demo-spots"]["split"] = {"scheme": "patient-kfold", "n_folds": 2}
-    cfg["heads"] = {"hest": {}}
+    cfg["heads"] = {"hest": {"cap_components": True}}
     cfg["report"]["bootstrap"] = 0
     cfg["tiling"]["on_error"] = on_error
     path.write_text(yaml.safe_dump(cfg))

@@ -25,7 +25,7 @@ def sharded_config(path: Path, **changes) -> Path:
     cfg["embed"]["shard_size"] = 2
     cfg["encoders"] = ["tiny-cnn"]
     cfg["feature_sets"]["concat"] = []
-    cfg["heads"] = {"hest": {}}
+    cfg["heads"] = {"hest": {"cap_components": True}}
     for dotted, value in changes.items():
         node = cfg
         *parents, leaf = dotted.split(".")

@@ -54,7 +54,7 @@ def test_demo_runs_through_slurm(slurm, tmp_path):
     cfg["demo"].update(patients=2, slides_per_patient=1)
     cfg["encoders"] = ["tiny-cnn"]
     cfg["feature_sets"]["concat"] = []
-    cfg["heads"] = {"hest": {}}
+    cfg["heads"] = {"hest": {"cap_components": True}}
     cfg["tasks"]["demo-spots"]["split"]["n_folds"] = 2
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))

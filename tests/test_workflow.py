@@ -273,7 +273,10 @@ def test_weights_and_pooling_changes_recompute_only_affected_stores(demo_run, tm
     _save_weights(weights, seed=1)
     # only the HEST probe, so the reruns below stay short
     cfg = write_config(
-        tmp_path / "c.yaml", weights={"tiny-cnn": str(weights)}, heads={"hest": {}}, bulk={}
+        tmp_path / "c.yaml",
+        weights={"tiny-cnn": str(weights)},
+        heads={"hest": {"cap_components": True}},
+        bulk={},
     )
     # new weights: only tiny-cnn's stores (both shards) and the heads reading them
     assert job_counts(snakemake(work, "-n", config=cfg).stdout) == {
@@ -304,7 +307,7 @@ def test_weights_and_pooling_changes_recompute_only_affected_stores(demo_run, tm
         tmp_path / "c2.yaml",
         encoders=["tiny-vit-mean", "tiny-cnn"],
         weights={"tiny-cnn": str(weights)},
-        heads={"hest": {}},
+        heads={"hest": {"cap_components": True}},
         bulk={},
         **{"feature_sets.concat": [["tiny-vit-mean", "tiny-cnn"]], "peka.encoders": []},
     )

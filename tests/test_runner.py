@@ -41,7 +41,7 @@ def failed_store(small_cohort, small_tiles, tmp_path_factory):
     out = tmp_path_factory.mktemp("failed")
     slide = load_samples(small_cohort).at[FAILED, "slide"]
     tiles = out / "tiles" / f"{FAILED}.parquet"
-    spec = TilingSpec(patch_um=56.0, target_mpp=1.0)  # as the small_tiles fixture
+    spec = TilingSpec.from_config({"patch_um": 56.0, "target_mpp": 1.0})  # as small_tiles
     write_failure(FAILED, slide, spec, REASON, tiles, out / "qc.png", out / "stats.json")
     shard = [tiles if s == FAILED else p for s, p in sorted(small_tiles.items())]
     store = out / "features" / "tiny-vit" / "0000.zarr"

@@ -241,10 +241,11 @@ def check_spot_placement(
     if fraction < min_on_tissue:
         raise HistofuseError(
             f"expression file {expression}: only {fraction:.0%} of {len(on)} spot centres lie on "
-            f"the tissue of slide {slide_path} ({int(outside.sum())} outside its {width}×{height} "
-            f"px; tissue covers {tissue.fraction:.0%} of it); likely causes: x/y swapped in "
-            "obsm['spatial'], coordinates in µm instead of full-resolution (level-0) pixels, a "
-            "wrong scale factor (hires or lowres instead of fullres), or the wrong slide; fix "
+            f"the tissue of slide {slide_path} ({int(outside.sum())} outside slide bounds of "
+            f"{width}×{height} px; tissue covers {tissue.fraction:.0%} of it); likely causes: "
+            "x/y swapped in obsm['spatial'], coordinates in µm instead of full-resolution "
+            "(level-0) pixels, a wrong scale factor (hires or lowres instead of fullres), or the "
+            "wrong slide; fix "
             f"the coordinates, or lower `tiling.min_spots_on_tissue` ({min_on_tissue:g}) if "
             "they are right"
         )

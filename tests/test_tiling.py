@@ -62,8 +62,8 @@ def test_slide_without_mpp_needs_an_override(small_cohort, tmp_path):
     expr = sheet["expression"].iloc[0]
     slide = tmp_path / "nompp.tiff"
     with openslide.OpenSlide(sheet["slide"].iloc[0]) as s:
-        w, h = s.dimensions
-    img = np.full((h, w, 3), 230, dtype=np.uint8)
+        # the same pixels without a resolution tag: the spots still lie on its tissue
+        img = np.asarray(s.read_region((0, 0), 0, s.dimensions).convert("RGB"))
     tifffile.imwrite(slide, img, tile=(256, 256), photometric="rgb", compression="jpeg")
     spec = TilingSpec.from_config({"patch_um": 56.0, "target_mpp": 1.0})
     with pytest.raises(HistofuseError, match="nompp.tiff has no µm/px.*`mpp` column"):
@@ -86,10 +86,21 @@ def test_spots_outside_the_slide_are_an_error(small_cohort, tmp_path):
 
     sheet = load_samples(small_cohort)
     adata = anndata.read_h5ad(sheet["expression"].iloc[0])
-    adata.obsm["spatial"] = adata.obsm["spatial"] * 100
+    spatial = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    # most spots scaled off the slide: the placement error counts the ones outside
+    adata.obsm["spatial"] = spatial * 100
     moved = tmp_path / "moved.h5ad"
     adata.write_h5ad(moved)
-    with pytest.raises(HistofuseError, match="spot centres lie outside slide"):
+    n = adata.n_obs
+    with pytest.raises(HistofuseError, match=rf"only 0% of {n} spot centres.*\({n} outside"):
+        tile_spots(sheet["slide"].iloc[0], moved, TilingSpec.from_config())
+    # one spot outside, the others on tissue: still an error, naming that spot
+    spatial[0] = [-5.0, 10.0]
+    adata.obsm["spatial"] = spatial
+    adata.write_h5ad(moved)
+    with pytest.raises(
+        HistofuseError, match=rf"1 spot centres lie outside slide.*{adata.obs_names[0]}"
+    ):
         tile_spots(sheet["slide"].iloc[0], moved, TilingSpec.from_config())
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from histofuse.atomic import atomic_path, write_parquet, write_text
+from histofuse.data.expression import BARCODES_FIX, GENES_FIX, check_unique, read_h5ad
 from histofuse.errors import HistofuseError
 from histofuse.slides.spec import TilingSpec
 from histofuse.slides.tissue import TissueMask, detect_tissue
@@ -32,22 +33,20 @@ def read_spots(expression: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Reads spot barcodes and level-0 pixel centres (x, y) from an AnnData ``.h5ad`` file.
 
     Raises:
-        HistofuseError: If the file is missing, unreadable or has no ``obsm["spatial"]``.
+        HistofuseError: If the file is missing, unreadable, has no ``obsm["spatial"]``, or
+            repeats a barcode or a gene name (found here, before any tile is embedded).
     """
-    import anndata
-
     path = Path(expression)
     if not path.is_file():
         raise HistofuseError(f"expression file {path} does not exist; check the sample sheet")
-    try:
-        adata = anndata.read_h5ad(path, backed="r")
-    except Exception as exc:
-        raise HistofuseError(f"expression file {path} is not a readable .h5ad: {exc}") from exc
+    adata = read_h5ad(path, backed="r")
     try:
         if "spatial" not in adata.obsm:
             raise HistofuseError(
                 f"expression file {path} has no obsm['spatial'] spot coordinates (level-0 px, x, y)"
             )
+        check_unique(adata.obs_names, path, "barcodes", BARCODES_FIX)
+        check_unique(adata.var_names, path, "gene names", GENES_FIX)
         xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
         barcodes = np.asarray(adata.obs_names, dtype=str)
     finally:
@@ -97,6 +96,7 @@ def tile_sample(
     expression: str | Path | None = None,
     mpp_override: float | None = None,
     mpp_source: str = "override",
+    min_spots_on_tissue: float | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any], TissueMask]:
     """Tiles one sample in the spec's mode.
 
@@ -105,8 +105,10 @@ def tile_sample(
     each spot of ``expression`` (keeping its barcode) and keeps those whose tissue fraction is at
     least ``spec.spot_min_tissue`` (0, every spot, by default). Both record every tile's tissue
     fraction, and the metadata counts the candidates and the tiles dropped for too little tissue.
-    A spot whose centre lies outside the slide is an error: it means the coordinates do not
-    belong to this slide or are not level-0 pixels, which dropping would hide.
+    In ``spots`` mode the fraction of spot centres on detected tissue is recorded
+    (``spots_on_tissue``); too few, or any spot outside the slide, is an error (see
+    :func:`check_spot_placement`): the coordinates do not belong to this slide or are not
+    level-0 pixels, which dropping or keeping would hide.
 
     Args:
         slide_path: The whole-slide image.
@@ -114,6 +116,8 @@ def tile_sample(
         expression: The ``.h5ad`` with spot centres (``spots`` mode).
         mpp_override: The sheet's µm/px for this slide, if set.
         mpp_source: Where ``mpp_override`` came from (recorded as the µm/px source).
+        min_spots_on_tissue: The smallest accepted fraction of spot centres on tissue
+            (``tiling.min_spots_on_tissue``; ``None``: the schema's default).
 
     Returns:
         The tiles table, its metadata (slide, µm/px and source, spec, read level, effective
@@ -121,7 +125,7 @@ def tile_sample(
 
     Raises:
         HistofuseError: On a missing or unreadable slide, a slide without µm/px, a missing
-            expression file in ``spots`` mode, or spots outside the slide.
+            expression file in ``spots`` mode, or spots off the tissue or outside the slide.
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -136,6 +140,12 @@ def tile_sample(
         timings["tissue"] = time.perf_counter() - t0 - timings["open"]
     size0 = spec.patch_um / mpp.x
     table = _candidates(slide_path, spec, expression, mpp, size0, (width, height))
+    on_tissue = None
+    if spec.mode == "spots":
+        if min_spots_on_tissue is None:
+            min_spots_on_tissue = default_min_spots_on_tissue()
+        where = (slide_path, expression or "")
+        on_tissue = check_spot_placement(table, tissue, (width, height), where, min_spots_on_tissue)
     table["tissue"] = tissue.box_fractions(table["x0"], table["y0"], table["size0"])
     n_candidates = len(table)
     threshold = spec.min_tissue if spec.mode == "grid" else spec.spot_min_tissue
@@ -153,6 +163,8 @@ def tile_sample(
         n_dropped_tissue=n_candidates - len(table),
         min_tissue=threshold,
         tissue_fraction=tissue.fraction,
+        spots_on_tissue=on_tissue,
+        min_spots_on_tissue=min_spots_on_tissue if on_tissue is not None else None,
         tissue_level=tissue.level,
         tissue_threshold=tissue.threshold,
         timings=timings,
@@ -175,7 +187,7 @@ def _candidates(
                 f"slide {slide_path}: spots tiling needs an expression file; set the "
                 "`expression` column of the sheet or use tiling mode grid"
             )
-        return _spot_table(slide_path, expression, size0, *size)
+        return _spot_table(expression, size0)
     if spec.mode == "grid":
         return _grid_table(size0, spec.step_um / mpp.x, *size)
     raise HistofuseError(f"tiling mode {spec.mode!r} is unknown; use spots or grid")
@@ -191,19 +203,68 @@ def _grid_table(size0: float, step0: float, width: int, height: int) -> pd.DataF
     return pd.DataFrame({"x": cx, "y": cy, **_boxes(cx, cy, size0)})
 
 
-def _spot_table(
-    slide_path: str | Path, expression: str | Path, size0: float, width: int, height: int
-) -> pd.DataFrame:
+def _spot_table(expression: str | Path, size0: float) -> pd.DataFrame:
     barcodes, xy = read_spots(expression)
-    outside = (xy[:, 0] < 0) | (xy[:, 1] < 0) | (xy[:, 0] >= width) | (xy[:, 1] >= height)
+    return pd.DataFrame({"barcode": barcodes, "x": xy[:, 0], "y": xy[:, 1], **_boxes(*xy.T, size0)})
+
+
+def check_spot_placement(
+    table: pd.DataFrame,
+    tissue: TissueMask,
+    size: tuple[int, int],
+    where: tuple[str | Path, str | Path],
+    min_on_tissue: float,
+) -> float:
+    """Checks that the spots belong to the slide; returns the fraction of centres on tissue.
+
+    A spot counts as on tissue when its centre lies inside the image, on the detected tissue.
+    Too few such spots means the coordinates do not match the slide (swapped x/y, µm instead of
+    level-0 pixels, a wrong scale factor, another slide's image): that is an error naming these
+    causes, checked first since it explains spots outside the slide too. Any spot outside the
+    slide is then an error as well: dropping it would hide a wrong coordinate frame.
+
+    Args:
+        table: Spot candidates (``barcode``, ``x``, ``y`` in level-0 px).
+        tissue: The slide's tissue mask.
+        size: The slide's level-0 width and height.
+        where: The slide and the expression file (named in messages).
+        min_on_tissue: The smallest accepted fraction (``tiling.min_spots_on_tissue``).
+
+    Raises:
+        HistofuseError: If too few spot centres lie on tissue, or any lies outside the slide.
+    """
+    (width, height), (slide_path, expression) = size, where
+    x, y = table["x"].to_numpy(), table["y"].to_numpy()
+    outside = (x < 0) | (y < 0) | (x >= width) | (y >= height)
+    on = tissue.on_tissue(x, y) & ~outside
+    fraction = float(on.mean()) if len(on) else 1.0
+    if fraction < min_on_tissue:
+        raise HistofuseError(
+            f"expression file {expression}: only {fraction:.0%} of {len(on)} spot centres lie on "
+            f"the tissue of slide {slide_path} ({int(outside.sum())} outside slide bounds of "
+            f"{width}×{height} px; tissue covers {tissue.fraction:.0%} of it); likely causes: "
+            "x/y swapped in obsm['spatial'], coordinates in µm instead of full-resolution "
+            "(level-0) pixels, a wrong scale factor (hires or lowres instead of fullres), or the "
+            "wrong slide; fix "
+            f"the coordinates, or lower `tiling.min_spots_on_tissue` ({min_on_tissue:g}) if "
+            "they are right"
+        )
     if outside.any():
         i = int(np.flatnonzero(outside)[0])
         raise HistofuseError(
             f"expression file {expression}: {int(outside.sum())} spot centres lie outside slide "
-            f"{slide_path} ({width}×{height} px), e.g. {barcodes[i]} at {xy[i].tolist()}; "
-            "obsm['spatial'] must hold level-0 pixel (x, y) coordinates of this slide"
+            f"{slide_path} ({width}×{height} px), e.g. {table['barcode'].iloc[i]} at "
+            f"{[x[i], y[i]]}; obsm['spatial'] must hold level-0 pixel (x, y) coordinates of "
+            "this slide"
         )
-    return pd.DataFrame({"barcode": barcodes, "x": xy[:, 0], "y": xy[:, 1], **_boxes(*xy.T, size0)})
+    return fraction
+
+
+def default_min_spots_on_tissue() -> float:
+    """The schema's ``tiling.min_spots_on_tissue``."""
+    from histofuse.settings import section
+
+    return float(section("tiling", None)["min_spots_on_tissue"])
 
 
 def tile_spots(
@@ -249,7 +310,7 @@ def write_stats(meta: dict[str, Any], out: str | Path, **extra: Any) -> None:
     keys = (
         "sample", "slide", "mpp_x", "mpp_y", "mpp_source", "effective_mpp", "read_level",
         "read_downsample", "n_tiles", "n_candidates", "n_dropped_tissue", "min_tissue",
-        "tissue_fraction", "tissue_level",
+        "tissue_fraction", "tissue_level", "spots_on_tissue", "min_spots_on_tissue",
         "timings", "tiling",
     )  # fmt: skip
     write_text(json.dumps({**{k: meta.get(k) for k in keys}, **extra}, indent=2) + "\n", out)

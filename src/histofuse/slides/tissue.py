@@ -63,6 +63,16 @@ class TissueMask:
         """Fraction of the slide covered by tissue."""
         return float(self.mask.mean()) if self.mask.size else 0.0
 
+    def on_tissue(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Whether each level-0 point ``(x, y)`` lies on tissue (``False`` outside the mask)."""
+        h, w = self.mask.shape
+        col = np.floor(np.asarray(x, dtype=np.float64) / self.downsample)
+        row = np.floor(np.asarray(y, dtype=np.float64) / self.downsample)
+        inside = (col >= 0) & (row >= 0) & (col < w) & (row < h)
+        out = np.zeros(inside.shape, dtype=bool)
+        out[inside] = self.mask[row[inside].astype(np.int64), col[inside].astype(np.int64)]
+        return out
+
     def box_fractions(self, x0: np.ndarray, y0: np.ndarray, size0: np.ndarray) -> np.ndarray:
         """Returns the tissue fraction of each level-0 square box ``(x0, y0, size0)``.
 

@@ -7,6 +7,7 @@ store's provenance (the root attributes under :data:`ATTRS_KEY`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,14 @@ def manifest_path(store: str | Path) -> Path:
     """Returns the manifest path of a store (``x.zarr`` → ``x.manifest.json``)."""
     store = Path(store)
     return store.with_name(store.name.removesuffix(".zarr") + ".manifest.json")
+
+
+def rebuild_hint(store: str | Path) -> str:
+    """The advice that rebuilds a store: its embed (or tokens) job, forced to run again."""
+    man = manifest_path(store)
+    with contextlib.suppress(ValueError):  # outside the working folder: named as given
+        man = man.resolve().relative_to(Path.cwd().resolve())
+    return f"re-run its embed job: snakemake --forcerun {man}"
 
 
 def write_manifest(store: Path, cache_key: str, samples: dict[str, int]) -> None:

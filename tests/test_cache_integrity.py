@@ -132,3 +132,30 @@ def test_a_partial_read_verifies_the_whole_chunk(tmp_path):
     _flip(store / "A" / "features" / "c" / "0" / "0", 9 * DIM * 2)  # in row 9
     with pytest.raises(HistofuseError, match="sample A, array features: .*checksum"):
         chunks.read_block([(array, 3, 7)], DIM, "float16")
+
+
+@pytest.mark.parametrize(
+    ("version", "says"),
+    [
+        (0, r"format version 0, older than this histofuse reads \(2"),
+        (1, r"format version 1, older than this histofuse reads \(2"),
+        (None, r"format version None, older"),
+        (99, r"format version 99, newer than this histofuse reads \(2\); upgrade histofuse"),
+    ],
+)
+def test_a_store_of_another_format_version_is_refused_with_the_fix(tmp_path, version, says):
+    import json
+
+    from histofuse.cache import manifest_path, read_provenance
+
+    store = tmp_path / "enc" / "0000.zarr"
+    _write(store)
+    man = manifest_path(store)
+    doc = json.loads(man.read_text())
+    assert doc["format_version"] == 2
+    doc["format_version"] = version
+    man.write_text(json.dumps(doc))
+    for read in (lambda: open_features([store]), lambda: read_provenance(store)):
+        with pytest.raises(HistofuseError, match=says) as err:
+            read()
+        assert re.search(_rebuild(store), str(err.value))

@@ -17,10 +17,21 @@ def _task(args: argparse.Namespace) -> Any:
     return settings.load(settings.Task, "tasks", doc, label=f"tasks.{args.task}")
 
 
+def _check_cache_keys(args: argparse.Namespace, stores: Any) -> None:
+    """Refuses stores whose key differs from ``--cache-keys`` (when given), before any work."""
+    if args.cache_keys is None or not stores:
+        return
+    from histofuse import settings
+    from histofuse.evaluation.features import stores_by_encoder
+
+    stores_by_encoder(stores, settings.load_document(args.cache_keys))
+
+
 def _fit(args: argparse.Namespace) -> None:
     from histofuse import settings
     from histofuse.fit import fit_task
 
+    _check_cache_keys(args, args.stores)
     fit_task(
         args.task,
         _task(args),
@@ -39,6 +50,7 @@ def _bulk_fit(args: argparse.Namespace) -> None:
     from histofuse import settings
     from histofuse.bulk.evaluate import fit_bulk_task
 
+    _check_cache_keys(args, args.stores)
     # The rule passes the table as --table, not in the task's document.
     doc = {**settings.load_document(args.task_json), "table": args.table}
     fit_bulk_task(
@@ -60,6 +72,7 @@ def _peka(args: argparse.Namespace) -> None:
     from histofuse import settings
     from histofuse.peka.run import peka_task
 
+    _check_cache_keys(args, args.stores)
     peka_task(
         args.task,
         _task(args),
@@ -72,6 +85,15 @@ def _peka(args: argparse.Namespace) -> None:
         args.predictions,
         stores=args.stores or (),
         token_stores=args.token_stores or (),
+    )
+
+
+def _cache_keys_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cache-keys",
+        default=None,
+        help="encoder → the key parts its stores must carry (JSON or a file; the workflow "
+        "passes the configured ones); stores made otherwise are refused",
     )
 
 
@@ -93,6 +115,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="stream features from the cache when they exceed this many MiB (float32)",
     )
+    _cache_keys_flag(s)
     s.set_defaults(func=_fit)
 
     s = sub.add_parser("bulk-fit", help="fit one slide head for a slide-level bulk task")
@@ -108,6 +131,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--head-params", default="{}", help="head hyperparameters (JSON or a file)")
     s.add_argument("--metrics", required=True)
     s.add_argument("--predictions", required=True)
+    _cache_keys_flag(s)
     s.set_defaults(func=_bulk_fit)
 
     s = sub.add_parser("peka", help="train PEKA adapters per fold and fit one head on them")
@@ -122,4 +146,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--peka", default="{}", help="the `peka` settings (JSON or a file)")
     s.add_argument("--metrics", required=True)
     s.add_argument("--predictions", required=True)
+    _cache_keys_flag(s)
     s.set_defaults(func=_peka)

@@ -12,11 +12,13 @@ other processes load the machine.
 
 Every chunk carries a crc32c that the reader verifies; the same store written without the
 checksums (the writer's chunk codecs minus ``crc32c``) is read side by side:
-``checksum_ratio`` = checked read throughput ÷ unchecked read throughput.
+``checksum_ratio`` = checked read throughput ÷ unchecked read throughput. ``load_avg`` is the
+machine's 1-, 5- and 15-minute load average when the reads end (other work skews every figure).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -97,6 +99,7 @@ def run(tmp: Path) -> dict[str, Any]:
         "dask_compute_s": round(times["dask"], 4),
         "unchecked_read_s": round(times["unchecked"], 4),
         "checksum_ratio": times["unchecked"] / times["cache"],
+        "load_avg": [round(x, 2) for x in os.getloadavg()],
         "ratio": times["np_load"] / times["cache"],
         "ratio_dask": times["np_load"] / times["dask"],
         "store_bytes": _size(store),

@@ -112,3 +112,40 @@ def test_slide_bags_and_feature_sets_refuse_a_stale_store(store, small_tiles):
     with pytest.raises(HistofuseError, match="encoder tiny-vit, which this job does not read"):
         SlideBags.open([store], cache_keys={"tiny-cnn": stale["tiny-vit"]})
     assert SlideBags.open([store], cache_keys=_keys(_plan())).encoders == ["tiny-vit"]
+
+
+def test_the_peka_verb_refuses_a_stale_token_store(small_tiles, small_cohort, tmp_path, capsys):
+    """Token stores carry the same key parts, with the tokens' dtype (``peka.tokens_dtype``)."""
+    from histofuse.cli import main
+    from histofuse.peka.tokens import embed_tokens
+
+    tokens = tmp_path / "results/tokens/tiny-vit/0000.zarr"
+    embed_tokens([small_tiles[sorted(small_tiles)[0]]], "tiny-vit", tokens, 1, device="cpu")
+    argv = [
+        "peka",
+        "--task=demo-spots",
+        f"--task-json={_plan().task_json('demo-spots')}",
+        f"--samples={small_cohort}",
+        "--features=peka-tail:tiny-vit",
+        f"--token-stores={tokens}",
+        "--head=ridge",
+        f"--metrics={tmp_path / 'm.parquet'}",
+        f"--predictions={tmp_path / 'p.parquet'}",
+    ]
+    tokens_dtype = {"peka": '{"tokens_dtype": "float32"}'}
+    stale = _plan({"patch_um": 112}).cache_keys("demo-spots", "peka-tail:tiny-vit")
+    assert main([*argv, f"--cache-keys={stale}"]) == 2
+    err = capsys.readouterr().err
+    assert f"feature store {tokens} was made with another configuration" in err
+    assert "(`tiling`" in err and "snakemake --forcerun" in err
+    assert (
+        main(
+            [
+                *argv,
+                f"--peka={tokens_dtype['peka']}",
+                f"--cache-keys={_plan().cache_keys('demo-spots', 'peka-tail:tiny-vit')}",
+            ]
+        )
+        == 2
+    )
+    assert "`peka.tokens_dtype`: store 'float16', config 'float32'" in capsys.readouterr().err

@@ -83,9 +83,10 @@ def check_store_key(
         and not (part == "tiling" and got[part] == "")
     ]
     if differ:
-        what = "; ".join(
-            f"{_CONFIG_KEYS[p]}: store {got[p]!r}, config {expected[p]!r}" for p in differ
-        )
+        names = dict(_CONFIG_KEYS)
+        if "tokens" in provenance:  # a token store: its dtype is the tokens'
+            names["dtype"] = "`peka.tokens_dtype`"
+        what = "; ".join(f"{names[p]}: store {got[p]!r}, config {expected[p]!r}" for p in differ)
         raise HistofuseError(
             f"feature store {store} was made with another configuration than this run's ({what})"
             f": it is stale (the config changed, or the cache was copied from another run); "

@@ -17,14 +17,26 @@ def _task(args: argparse.Namespace) -> Any:
     return settings.load(settings.Task, "tasks", doc, label=f"tasks.{args.task}")
 
 
-def _check_cache_keys(args: argparse.Namespace, stores: Any) -> None:
-    """Refuses stores whose key differs from ``--cache-keys`` (when given), before any work."""
+def _check_cache_keys(args: argparse.Namespace, stores: Any, dtype: str | None = None) -> None:
+    """Refuses stores whose key differs from ``--cache-keys`` (when given), before any work.
+
+    ``dtype`` replaces the expected dtype (token stores hold ``peka.tokens_dtype``).
+
+    Raises:
+        HistofuseError: If the keys are malformed or a store's key differs.
+    """
     if args.cache_keys is None or not stores:
         return
     from histofuse import settings
+    from histofuse.errors import HistofuseError
     from histofuse.evaluation.features import stores_by_encoder
 
-    stores_by_encoder(stores, settings.load_document(args.cache_keys))
+    keys = settings.load_document(args.cache_keys)
+    if not all(isinstance(k, dict) for k in keys.values()):
+        raise HistofuseError("--cache-keys must map each encoder to its key parts (JSON)")
+    if dtype is not None:
+        keys = {e: {**k, "dtype": dtype} for e, k in keys.items()}
+    stores_by_encoder(stores, keys)
 
 
 def _fit(args: argparse.Namespace) -> None:
@@ -72,7 +84,9 @@ def _peka(args: argparse.Namespace) -> None:
     from histofuse import settings
     from histofuse.peka.run import peka_task
 
+    peka = settings.load(settings.Peka, "peka", settings.load_document(args.peka))
     _check_cache_keys(args, args.stores)
+    _check_cache_keys(args, args.token_stores, dtype=peka.tokens_dtype)
     peka_task(
         args.task,
         _task(args),
@@ -80,7 +94,7 @@ def _peka(args: argparse.Namespace) -> None:
         args.features,
         args.head,
         settings.load_document(args.head_params),
-        settings.load(settings.Peka, "peka", settings.load_document(args.peka)),
+        peka,
         args.metrics,
         args.predictions,
         stores=args.stores or (),

@@ -16,6 +16,7 @@ rule bulk_fit:
         sources=lambda w, input: sources_flag(w.agg, input.embeddings, input.manifests),
         task=lambda w: BULK.task_json(w.task),
         head=lambda w: BULK.head_json(w.task, w.agg, w.head),
+        cache_keys=lambda w: PLAN.cache_keys(w.task, w.features),
     benchmark:
         "logs/benchmark/bulk_fit/{task}/{features}/{agg}-{head}.tsv"
     log:
@@ -26,5 +27,6 @@ rule bulk_fit:
         "histofuse bulk-fit --task {wildcards.task} --task-json {params.task:q}"
         " --samples {input.sheet:q} --table {input.table:q} --features {wildcards.features:q}"
         " --aggregation {wildcards.agg} {params.sources} --head {wildcards.head}"
-        " --head-params {params.head:q} --metrics {output.metrics:q}"
+        " --head-params {params.head:q} --cache-keys {params.cache_keys:q}"
+        " --metrics {output.metrics:q}"
         " --predictions {output.predictions:q} > {log:q} 2>&1"

@@ -15,6 +15,7 @@ rule fit:
         task=lambda w: PLAN.task_json(w.task),
         head=lambda w: PLAN.head_json(w.head),
         memory=PLAN.memory_flag,
+        cache_keys=lambda w: PLAN.cache_keys(w.task, w.features),
     benchmark:
         "logs/benchmark/fit/{task}/{features}/{head}.tsv"
     log:
@@ -24,6 +25,6 @@ rule fit:
     shell:
         "histofuse fit --task {wildcards.task} --task-json {params.task:q}"
         " --samples {input.sheet:q} --stores {params.stores:q} --features {wildcards.features:q}"
-        " --head {wildcards.head} --head-params {params.head:q}"
+        " --head {wildcards.head} --head-params {params.head:q} --cache-keys {params.cache_keys:q}"
         " --metrics {output.metrics:q} --predictions {output.predictions:q} {params.memory}"
         " > {log:q} 2>&1"

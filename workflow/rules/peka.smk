@@ -49,6 +49,7 @@ rule peka:
         task=lambda w: PLAN.task_json(w.task),
         head=lambda w: PLAN.head_json(w.head),
         peka=PLAN.section_json("peka"),
+        cache_keys=lambda w: PLAN.cache_keys(w.task, w.pfeatures),
     benchmark:
         "logs/benchmark/peka/{task}/{pfeatures}/{head}.tsv"
     log:
@@ -60,5 +61,6 @@ rule peka:
         " --samples {input.sheet:q} --features {wildcards.pfeatures:q}"
         " --stores {params.stores:q} --token-stores {params.token_stores:q}"
         " --head {wildcards.head} --head-params {params.head:q} --peka {params.peka:q}"
+        " --cache-keys {params.cache_keys:q}"
         " --metrics {output.metrics:q} --predictions {output.predictions:q} > {log:q} 2>&1"
 

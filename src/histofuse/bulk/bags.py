@@ -15,7 +15,7 @@ read chunk by chunk on every pass. Tile features held by a reader thus stay unde
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,16 +53,28 @@ class SlideBags:
     _kept_bytes: int = 0
 
     @classmethod
-    def open(cls, stores: Sequence[str | Path], memory_mb: float = 256.0) -> SlideBags:
+    def open(
+        cls,
+        stores: Sequence[str | Path],
+        memory_mb: float = 256.0,
+        cache_keys: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> SlideBags:
         """Opens the stores of one feature set (shards of one or more encoders).
 
+        Args:
+            stores: Store paths.
+            memory_mb: Budget of one read, in MiB of float32 features.
+            cache_keys: The configured key of each encoder; if given, every store must carry it
+                (see :func:`histofuse.evaluation.features.stores_by_encoder`).
+
         Raises:
-            HistofuseError: If the encoders do not cover the same tiles of every slide.
+            HistofuseError: If the encoders do not cover the same tiles of every slide, or a
+                store's key differs from the configured one.
         """
         from histofuse.cache import READ_BLOCK_BYTES, open_features
         from histofuse.evaluation.features import stores_by_encoder
 
-        by_encoder = stores_by_encoder(stores)
+        by_encoder = stores_by_encoder(stores, cache_keys)
         encoders = sorted(by_encoder)
         arrays, blocks, ranges, ref = [], [], None, None
         for name in encoders:

@@ -11,11 +11,13 @@ Layout of ``results/features/{encoder}/{shard}.zarr`` (Zarr v3)::
 
 with its manifest ``{shard}.manifest.json`` beside it. Modules: :mod:`~histofuse.cache.writer`
 (writing a store, its lock), :mod:`~histofuse.cache.manifest` (the manifest and provenance),
-:mod:`~histofuse.cache.reader` (opening stores as one lazy array) and
-:mod:`~histofuse.cache.chunks` (reading rows straight from chunk files). This package names the
-public API.
+:mod:`~histofuse.cache.reader` (opening stores as one lazy array),
+:mod:`~histofuse.cache.chunks` (reading rows straight from chunk files, checksums verified) and
+:mod:`~histofuse.cache.keys` (a store's recorded key against the configured one). This
+package names the public API.
 """
 
+from histofuse.cache.keys import check_store_key, expected_key
 from histofuse.cache.manifest import manifest_path, read_manifest, read_provenance
 from histofuse.cache.reader import READ_BLOCK_BYTES, FeatureTable, open_features
 from histofuse.cache.writer import FeatureStoreWriter
@@ -24,6 +26,8 @@ __all__ = [
     "READ_BLOCK_BYTES",
     "FeatureStoreWriter",
     "FeatureTable",
+    "check_store_key",
+    "expected_key",
     "manifest_path",
     "open_features",
     "read_manifest",

@@ -2,11 +2,17 @@
 
 A whole read of uncompressed features goes straight from the chunk files into the output
 array, one copy as with ``np.load``; other layouts (and partial chunks) are read through zarr.
+
+Arrays written by :class:`~histofuse.cache.FeatureStoreWriter` have every chunk written (the
+attribute :data:`ALL_CHUNKS`) and a crc32c checksum after each chunk's bytes (zarr's ``crc32c``
+codec): a chunk file that is missing, or whose checksum differs, is an error naming the store,
+the sample, the array and the file, never rows of fill values or rows in the wrong place.
 """
 
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +25,10 @@ READ_THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffi
 """Threads that read the chunks of one block of raw features."""
 
 _EMPTY_CHUNK = 2**64 - 1
+ALL_CHUNKS = "all_chunks_written"
+"""Array attribute set by the writer: every chunk is on disk, so a missing one is damage."""
+CRC_PIECE = 1 << 20
+"""Bytes read at once when a chunk's checksum is verified, each checked while in the CPU cache."""
 
 
 @dataclass(frozen=True)
@@ -26,6 +36,8 @@ class RawRows:
     """Where the rows of an uncompressed 2-D feature array lie in its chunk files.
 
     Attributes:
+        store: The store (its root folder).
+        name: The array's path in the store (``{sample}/{array}``).
         folder: The array's folder.
         chunk_key: Maps chunk-grid coordinates to a file name below ``folder``.
         file_rows: Rows per file (the shard, or the chunk where the array is not sharded).
@@ -33,8 +45,12 @@ class RawRows:
         sharded: Whether each file ends with a Zarr shard index.
         row_bytes: Bytes per row.
         fill_value: Value of rows whose chunk was never written.
+        checksum: Whether each chunk ends with its crc32c (4 bytes, little-endian).
+        strict: Whether every chunk was written (a missing one is an error).
     """
 
+    store: Path
+    name: str
     folder: Path
     chunk_key: Any
     file_rows: int
@@ -42,6 +58,46 @@ class RawRows:
     sharded: bool
     row_bytes: int
     fill_value: Any
+    checksum: bool = False
+    strict: bool = False
+
+    def damaged(self, path: Path, what: str) -> HistofuseError:
+        """The error for a damaged chunk file ``path`` of this array (``what`` says how)."""
+        return damaged(self.store, self.name, f"chunk file {path} {what}")
+
+
+def damaged(store: Path, name: str, what: str) -> HistofuseError:
+    """The error for damage ``what`` to the array ``name`` (``{sample}/{array}``) of a store.
+
+    It names the store, the sample and the array, and the command that rebuilds the store.
+    """
+    from histofuse.cache.manifest import rebuild_hint
+
+    sample, _, array = name.rpartition("/")
+    return HistofuseError(
+        f"feature store {store}: sample {sample or '?'}, array {array}: {what}; "
+        f"{rebuild_hint(store)}"
+    )
+
+
+def check_chunk_files(array: Any) -> None:
+    """Checks that every chunk file of a local array whose chunks were all written exists.
+
+    For arrays read through zarr, which would read a missing chunk as fill values.
+
+    Raises:
+        HistofuseError: Naming the store, sample, array and the first missing file.
+    """
+    from zarr.storage import LocalStore
+
+    meta, store = array.metadata, array.store_path.store
+    if not (isinstance(store, LocalStore) and meta.attributes.get(ALL_CHUNKS)):
+        return
+    root = Path(store.root)
+    for coords in meta.chunk_grid.all_chunk_coords(array.shape):
+        path = root / array.store_path.path / meta.encode_chunk_key(coords)
+        if not path.is_file():
+            raise damaged(root, array.store_path.path, f"chunk file {path} is missing")
 
 
 def _raw_codecs(codecs: tuple[Any, ...], *more: type) -> bool:
@@ -51,6 +107,15 @@ def _raw_codecs(codecs: tuple[Any, ...], *more: type) -> bool:
     first = codecs[0] if codecs else None
     little = isinstance(first, BytesCodec) and first.endian in (None, Endian.little)
     return little and [type(c) for c in codecs[1:]] == list(more)
+
+
+def _raw_chunk_codecs(codecs: tuple[Any, ...]) -> bool | None:
+    """Whether raw chunks carry a crc32c (``bytes`` then ``crc32c``); None if not raw at all."""
+    from zarr.codecs import Crc32cCodec
+
+    if _raw_codecs(codecs):
+        return False
+    return True if _raw_codecs(codecs, Crc32cCodec) else None
 
 
 def _plain_local_2d(array: Any) -> bool:
@@ -76,8 +141,9 @@ def raw_rows(array: Any) -> RawRows | None:
     """Returns the row layout of a local array stored as raw native-endian rows, else None.
 
     That is a Zarr v3 array on a local store, 2-D, whose chunks span whole rows and are encoded
-    by the ``bytes`` codec alone (little-endian), optionally inside a ``sharding_indexed`` codec
-    with its default index (little-endian offsets and sizes, crc32c, at the end of the file).
+    by the ``bytes`` codec (little-endian), alone or followed by ``crc32c``, optionally inside a
+    ``sharding_indexed`` codec with its default index (little-endian offsets and sizes, crc32c,
+    at the end of the file).
     """
     from zarr.codecs import Crc32cCodec, ShardingCodec
     from zarr.codecs.sharding import ShardingCodecIndexLocation
@@ -87,28 +153,34 @@ def raw_rows(array: Any) -> RawRows | None:
     meta = array.metadata
     (codec,) = meta.codecs if len(meta.codecs) == 1 else (None,)
     file_rows, file_cols = meta.chunk_grid.chunk_shape
-    if isinstance(codec, ShardingCodec):
+    sharded = isinstance(codec, ShardingCodec)
+    checksum = _raw_chunk_codecs(codec.codecs if sharded else meta.codecs)
+    if checksum is None:
+        return None
+    if sharded:
         if not (
-            _raw_codecs(codec.codecs)
-            and _raw_codecs(codec.index_codecs, Crc32cCodec)
+            _raw_codecs(codec.index_codecs, Crc32cCodec)
             and codec.index_location == ShardingCodecIndexLocation.end
         ):
             return None
         chunk_rows, chunk_cols = codec.chunk_shape
-    elif _raw_codecs(meta.codecs):
-        chunk_rows, chunk_cols = file_rows, file_cols
     else:
-        return None
+        chunk_rows, chunk_cols = file_rows, file_cols
     if file_cols != array.shape[1] or chunk_cols != array.shape[1] or file_rows % chunk_rows:
         return None
+    root = Path(array.store_path.store.root)
     return RawRows(
-        folder=Path(array.store_path.store.root) / array.store_path.path,
+        store=root,
+        name=array.store_path.path,
+        folder=root / array.store_path.path,
         chunk_key=meta.encode_chunk_key,
         file_rows=file_rows,
         chunk_rows=chunk_rows,
-        sharded=isinstance(codec, ShardingCodec),
+        sharded=sharded,
         row_bytes=array.shape[1] * array.dtype.itemsize,
         fill_value=meta.fill_value,
+        checksum=checksum,
+        strict=bool(meta.attributes.get(ALL_CHUNKS)),
     )
 
 
@@ -124,68 +196,126 @@ def _chunk_spans(layout: RawRows, fd: int, path: Path) -> list[list[int]]:
     try:
         index = CRC32C().decode(os.pread(fd, index_bytes, size - index_bytes))
     except (RuntimeError, ValueError, OSError) as err:
-        raise HistofuseError(
-            f"feature chunk file {path} has a corrupt shard index ({err}); re-run its embed job"
-        ) from err
+        raise layout.damaged(path, f"has a corrupt shard index ({err})") from err
     return np.frombuffer(index, dtype="<u8").reshape(per_file, 2).tolist()
 
 
+def _pread_full(fd: int, view: memoryview, offset: int, limit: int) -> int:
+    """Reads into ``view`` from ``offset``, at most ``limit`` bytes; returns the bytes read."""
+    done, want = 0, min(len(view), max(0, limit))
+    while done < want:
+        got = os.preadv(fd, [view[done:want]], offset + done)
+        if got == 0:
+            break
+        done += got
+    return done
+
+
 def _pread_rows(
-    fd: int, path: Path, span: list[int], skip: int, rows: np.ndarray, label: str
+    layout: RawRows, fd: int, path: Path, span: list[int], skip: int, rows: Any
 ) -> None:
     """Reads ``rows`` from a chunk at ``span`` (offset, size), ``skip`` bytes into it.
-
-    ``label`` names the rows in the error message.
 
     Raises:
         HistofuseError: If the chunk holds fewer bytes than the rows.
     """
     offset, nbytes = span
-    want = rows.nbytes
     view = memoryview(rows.reshape(-1).view(np.uint8))
-    done = 0
-    while done < want and skip + done < nbytes:
-        got = os.preadv(fd, [view[done:]], offset + skip + done)
-        if got == 0:
-            break
-        done += got
-    if done != want:
-        raise HistofuseError(
-            f"feature chunk file {path} is truncated ({done} of {want} bytes of {label}); "
-            "re-run its embed job"
-        )
+    done = _pread_full(fd, view, offset + skip, nbytes - skip)
+    if done != len(view):
+        raise layout.damaged(path, f"is truncated ({done} of {len(view)} bytes of rows)")
+
+
+def _crc_of_range(fd: int, offset: int, nbytes: int, crc: int, scratch: np.ndarray) -> int | None:
+    """Extends ``crc`` over ``nbytes`` of the file from ``offset``; None if the file ends first."""
+    import google_crc32c
+
+    for a in range(0, nbytes, len(scratch)):
+        piece = scratch[: min(len(scratch), nbytes - a)]
+        if _pread_full(fd, memoryview(piece), offset + a, len(piece)) != len(piece):
+            return None
+        crc = google_crc32c.extend(crc, piece)
+    return crc
+
+
+def _pread_rows_checked(
+    layout: RawRows, fd: int, path: Path, span: list[int], skip: int, rows: Any
+) -> None:
+    """As :func:`_pread_rows`, and verifies the chunk's crc32c (its last 4 bytes).
+
+    The rows are read and checked piece by piece (:data:`CRC_PIECE`), each piece while still in
+    the CPU cache; the chunk's bytes outside the rows are read into a small scratch buffer.
+
+    Raises:
+        HistofuseError: If the chunk is truncated or its checksum differs.
+    """
+    import google_crc32c
+
+    offset, nbytes = span
+    data = nbytes - 4
+    out = rows.reshape(-1).view(np.uint8)
+    want = len(out)
+    scratch = np.empty(min(CRC_PIECE, max(1, data - want)), dtype=np.uint8)
+    crc = _crc_of_range(fd, offset, skip, 0, scratch)
+    for a in range(0, want, CRC_PIECE):
+        piece = out[a : a + CRC_PIECE]
+        if crc is None or _pread_full(
+            fd, memoryview(piece), offset + skip + a, data - skip - a
+        ) != len(piece):
+            raise layout.damaged(path, f"is truncated (fewer than {want} bytes of rows)")
+        crc = google_crc32c.extend(crc, piece)
+    crc = _crc_of_range(fd, offset + skip + want, data - skip - want, crc, scratch)
+    stored = os.pread(fd, 4, offset + data)
+    if crc is None or len(stored) != 4:
+        raise layout.damaged(path, "is truncated")
+    if stored != struct.pack("<I", crc):
+        raise layout.damaged(path, "fails its crc32c checksum (corrupt or altered data)")
+
+
+def _read_file_rows(
+    layout: RawRows, fd: int, path: Path, first: int, start: int, stop: int, out: np.ndarray
+) -> None:
+    """Reads rows ``[start, stop)`` that lie in the open chunk file whose first row is ``first``."""
+    read = _pread_rows_checked if layout.checksum else _pread_rows
+    for k, span in enumerate(_chunk_spans(layout, fd, path)):
+        row0 = first + k * layout.chunk_rows
+        a, b = max(start, row0), min(stop, row0 + layout.chunk_rows)
+        if a >= b:
+            continue
+        if span[0] != _EMPTY_CHUNK:
+            read(layout, fd, path, span, (a - row0) * layout.row_bytes, out[a - start : b - start])
+        elif layout.strict:
+            raise layout.damaged(path, f"lacks the chunk of rows {row0}-{row0 + layout.chunk_rows}")
+        else:
+            out[a - start : b - start] = layout.fill_value
 
 
 def read_rows(layout: RawRows, start: int, stop: int, out: np.ndarray) -> None:
     """Reads rows ``[start, stop)`` of an array laid out as ``layout`` straight into ``out``.
 
-    Each chunk's rows are read from its file into their rows of ``out`` with one ``preadv``;
-    rows of chunks never written (all fill value) are filled.
+    Each chunk's rows are read from its file into their rows of ``out`` with one ``preadv``
+    (in pieces of :data:`CRC_PIECE`, each checked, where chunks carry a checksum); rows of
+    chunks never written (all fill value) are filled, unless every chunk was written.
 
     Raises:
-        HistofuseError: If a file is shorter than its chunks or its shard index is corrupt.
+        HistofuseError: If a chunk file is missing (of an array whose chunks were all written),
+            shorter than its chunks, fails its checksum or has a corrupt shard index.
     """
     for number in range(start // layout.file_rows, -(-stop // layout.file_rows)):
         first = number * layout.file_rows
         path = layout.folder / layout.chunk_key((number, 0))
         try:
             fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:  # all of its chunks were fill values
+        except FileNotFoundError:
+            if layout.strict:
+                raise layout.damaged(path, "is missing") from None
+            # all of its chunks were fill values
             out[max(start, first) - start : min(stop, first + layout.file_rows) - start] = (
                 layout.fill_value
             )
             continue
         try:
-            for k, span in enumerate(_chunk_spans(layout, fd, path)):
-                row0 = first + k * layout.chunk_rows
-                a, b = max(start, row0), min(stop, row0 + layout.chunk_rows)
-                if a >= b:
-                    continue
-                if span[0] == _EMPTY_CHUNK:
-                    out[a - start : b - start] = layout.fill_value
-                else:
-                    skip = (a - row0) * layout.row_bytes
-                    _pread_rows(fd, path, span, skip, out[a - start : b - start], f"rows {a}-{b}")
+            _read_file_rows(layout, fd, path, first, start, stop, out)
         finally:
             os.close(fd)
 
@@ -223,6 +353,7 @@ def read_block(pieces: list[tuple[Any, int, int]], dim: int, dtype: str) -> np.n
     for i, (array, start, stop) in enumerate(pieces):
         layout = raw_rows(array)
         if layout is None:
+            check_chunk_files(array)
             target = nd.from_numpy_array(out[offsets[i] : offsets[i + 1]])
             selection = (slice(start, stop), slice(None))
             reads.append(array.get_orthogonal_selection(selection, out=target))

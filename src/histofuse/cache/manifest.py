@@ -7,6 +7,7 @@ store's provenance (the root attributes under :data:`ATTRS_KEY`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,9 @@ from typing import Any
 from histofuse.atomic import write_json
 from histofuse.errors import HistofuseError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The store format this package writes and reads. 2: every chunk written, each with a crc32c
+(1 had neither, so a damaged chunk read as data)."""
 ATTRS_KEY = "histofuse"
 
 
@@ -22,6 +25,14 @@ def manifest_path(store: str | Path) -> Path:
     """Returns the manifest path of a store (``x.zarr`` → ``x.manifest.json``)."""
     store = Path(store)
     return store.with_name(store.name.removesuffix(".zarr") + ".manifest.json")
+
+
+def rebuild_hint(store: str | Path) -> str:
+    """The advice that rebuilds a store: its embed (or tokens) job, forced to run again."""
+    man = manifest_path(store)
+    with contextlib.suppress(ValueError):  # outside the working folder: named as given
+        man = man.resolve().relative_to(Path.cwd().resolve())
+    return f"re-run its embed job: snakemake --forcerun {man}"
 
 
 def write_manifest(store: Path, cache_key: str, samples: dict[str, int]) -> None:
@@ -54,7 +65,25 @@ def read_manifest(store: str | Path) -> dict[str, Any]:
         raise HistofuseError(
             f"feature store {store} is missing or unfinished (no {man.name}); re-run its embed job"
         )
-    return json.loads(man.read_text())
+    manifest = json.loads(man.read_text())
+    _check_format(store, manifest.get("format_version"))
+    return manifest
+
+
+def _check_format(store: Path, version: Any) -> None:
+    """Refuses a store of another format than :data:`FORMAT_VERSION`, with the fix."""
+    if version == FORMAT_VERSION:
+        return
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise HistofuseError(
+            f"feature store {store} has format version {version}, newer than this histofuse "
+            f"reads ({FORMAT_VERSION}); upgrade histofuse, or rebuild the store with this one: "
+            f"{rebuild_hint(store).removeprefix('re-run its embed job: ')}"
+        )
+    raise HistofuseError(
+        f"feature store {store} has format version {version}, older than this histofuse reads "
+        f"({FORMAT_VERSION}: every chunk checksummed); {rebuild_hint(store)}"
+    )
 
 
 def read_provenance(store: str | Path) -> dict[str, Any]:

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from histofuse.cache.chunks import read_block, read_whole
-from histofuse.cache.manifest import ATTRS_KEY, read_manifest
+from histofuse.cache.chunks import check_chunk_files, damaged, read_block, read_whole
+from histofuse.cache.manifest import ATTRS_KEY, read_manifest, rebuild_hint
 from histofuse.errors import HistofuseError
 
 READ_BLOCK_BYTES = 256 << 20
@@ -88,15 +88,35 @@ async def _open_samples(store: Path, samples: list[str]) -> tuple[Any, list[tupl
     root = await za.open_group(str(store), mode="r")
 
     async def one(sample: str) -> tuple[Any, ...]:
+        if not (store / sample).is_dir():  # consolidated metadata still lists it
+            raise HistofuseError(
+                f"feature store {store}: sample {sample}: its group {store / sample} is missing; "
+                f"{rebuild_hint(store)}"
+            )
         group = await root.getitem(sample)
         features, coords = await asyncio.gather(group.getitem("features"), group.getitem("coords"))
         barcodes = None
         if await group.contains("barcodes"):
-            barcodes = await (await group.getitem("barcodes")).getitem(...)
+            barcodes = await _read_checked(store, await group.getitem("barcodes"))
         xy = read_whole(coords)  # a small local file: read in place, no thread hop
         return features, (await coords.getitem(...)) if xy is None else xy, barcodes
 
     return root, list(await asyncio.gather(*(one(s) for s in samples)))
+
+
+async def _read_checked(store: Path, array: Any) -> np.ndarray:
+    """Reads a whole array through zarr: every chunk file present, every checksum right.
+
+    Raises:
+        HistofuseError: Naming the store, sample and array.
+    """
+    check_chunk_files(array)
+    try:
+        return await array.getitem(...)
+    except ValueError as err:
+        if "checksum" not in str(err):
+            raise
+        raise damaged(store, array.store_path.path, "a chunk fails its crc32c checksum") from None
 
 
 def _checked_provenance(

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from histofuse.cache.chunks import ALL_CHUNKS
 from histofuse.cache.manifest import (
     ATTRS_KEY,
     FORMAT_VERSION,
@@ -36,6 +37,22 @@ CHUNK_BYTES = 16 << 20
 """Largest feature chunk (whole rows): the unit a row-streaming reader reads."""
 SHARD_CHUNKS = 16
 """Chunks per shard file, so a sample of up to 256 MiB of features is one file."""
+
+
+def _checked() -> dict[str, Any]:
+    """How every array is written: a crc32c after each chunk's bytes, every chunk on disk.
+
+    Every chunk is written even when all fill values, so a missing chunk file reads as damage,
+    not as zeros; nothing is compressed (see :mod:`histofuse.cache.chunks`).
+    """
+    from zarr.codecs import Crc32cCodec
+
+    return {
+        "compressors": [Crc32cCodec()],
+        "config": {"write_empty_chunks": True},
+        "attributes": {ALL_CHUNKS: True},
+    }
+
 
 _HINTS = {
     errno.ENOSPC: "free disk space",
@@ -190,6 +207,7 @@ class FeatureStoreWriter:
         if len(coords) != n or (barcodes is not None and len(barcodes) != n):
             raise ValueError(f"sample {sample!r}: features, coords and barcodes differ in length")
         group = self._root.create_group(sample)
+        checked = _checked()
         dim = features.shape[1] if features.ndim == 2 else 0
         # Whole-array reads dominate (heads read all features of a sample): chunks of whole rows
         # of up to CHUNK_BYTES, grouped into shard files of up to SHARD_CHUNKS chunks, so a
@@ -203,13 +221,16 @@ class FeatureStoreWriter:
             dtype=self.dtype,
             # Float features barely compress (random mantissas); storing them raw lets a whole
             # read go straight from the file into the output array (see cache.chunks).
-            compressors=None,
+            **checked,
         )[...] = features.astype(self.dtype, copy=False)
         group.create_array(
-            "coords", shape=coords.shape, chunks=(max(1, n), 2), dtype="int64", compressors=None
+            "coords", shape=coords.shape, chunks=(max(1, n), 2), dtype="int64", **checked
         )[...] = np.asarray(coords, dtype=np.int64)
         if barcodes is not None:
-            group.create_array("barcodes", data=np.asarray(barcodes, dtype=np.dtypes.StringDType()))
+            text = np.asarray(barcodes, dtype=np.dtypes.StringDType())
+            group.create_array(
+                "barcodes", shape=text.shape, chunks=(max(1, n),), dtype=text.dtype, **checked
+            )[...] = text
         self.samples[sample] = n
 
     def __exit__(self, exc_type, exc, tb) -> None:

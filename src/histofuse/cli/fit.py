@@ -17,10 +17,33 @@ def _task(args: argparse.Namespace) -> Any:
     return settings.load(settings.Task, "tasks", doc, label=f"tasks.{args.task}")
 
 
+def _check_cache_keys(args: argparse.Namespace, stores: Any, dtype: str | None = None) -> None:
+    """Refuses stores whose key differs from ``--cache-keys`` (when given), before any work.
+
+    ``dtype`` replaces the expected dtype (token stores hold ``peka.tokens_dtype``).
+
+    Raises:
+        HistofuseError: If the keys are malformed or a store's key differs.
+    """
+    if args.cache_keys is None or not stores:
+        return
+    from histofuse import settings
+    from histofuse.errors import HistofuseError
+    from histofuse.evaluation.features import stores_by_encoder
+
+    keys = settings.load_document(args.cache_keys)
+    if not all(isinstance(k, dict) for k in keys.values()):
+        raise HistofuseError("--cache-keys must map each encoder to its key parts (JSON)")
+    if dtype is not None:
+        keys = {e: {**k, "dtype": dtype} for e, k in keys.items()}
+    stores_by_encoder(stores, keys)
+
+
 def _fit(args: argparse.Namespace) -> None:
     from histofuse import settings
     from histofuse.fit import fit_task
 
+    _check_cache_keys(args, args.stores)
     fit_task(
         args.task,
         _task(args),
@@ -39,6 +62,7 @@ def _bulk_fit(args: argparse.Namespace) -> None:
     from histofuse import settings
     from histofuse.bulk.evaluate import fit_bulk_task
 
+    _check_cache_keys(args, args.stores)
     # The rule passes the table as --table, not in the task's document.
     doc = {**settings.load_document(args.task_json), "table": args.table}
     fit_bulk_task(
@@ -60,6 +84,9 @@ def _peka(args: argparse.Namespace) -> None:
     from histofuse import settings
     from histofuse.peka.run import peka_task
 
+    peka = settings.load(settings.Peka, "peka", settings.load_document(args.peka))
+    _check_cache_keys(args, args.stores)
+    _check_cache_keys(args, args.token_stores, dtype=peka.tokens_dtype)
     peka_task(
         args.task,
         _task(args),
@@ -67,11 +94,20 @@ def _peka(args: argparse.Namespace) -> None:
         args.features,
         args.head,
         settings.load_document(args.head_params),
-        settings.load(settings.Peka, "peka", settings.load_document(args.peka)),
+        peka,
         args.metrics,
         args.predictions,
         stores=args.stores or (),
         token_stores=args.token_stores or (),
+    )
+
+
+def _cache_keys_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cache-keys",
+        default=None,
+        help="encoder → the key parts its stores must carry (JSON or a file; the workflow "
+        "passes the configured ones); stores made otherwise are refused",
     )
 
 
@@ -93,6 +129,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="stream features from the cache when they exceed this many MiB (float32)",
     )
+    _cache_keys_flag(s)
     s.set_defaults(func=_fit)
 
     s = sub.add_parser("bulk-fit", help="fit one slide head for a slide-level bulk task")
@@ -108,6 +145,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--head-params", default="{}", help="head hyperparameters (JSON or a file)")
     s.add_argument("--metrics", required=True)
     s.add_argument("--predictions", required=True)
+    _cache_keys_flag(s)
     s.set_defaults(func=_bulk_fit)
 
     s = sub.add_parser("peka", help="train PEKA adapters per fold and fit one head on them")
@@ -122,4 +160,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--peka", default="{}", help="the `peka` settings (JSON or a file)")
     s.add_argument("--metrics", required=True)
     s.add_argument("--predictions", required=True)
+    _cache_keys_flag(s)
     s.set_defaults(func=_peka)

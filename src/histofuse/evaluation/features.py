@@ -9,7 +9,7 @@ stage leaves it out of the task.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ def load_feature_set(
     samples: list[str],
     with_blocks: bool = False,
     memory_budget_mb: float | None = None,
+    cache_keys: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Any:
     """Loads and concatenates (along features) the cached features of one or more encoders.
 
@@ -35,6 +36,7 @@ def load_feature_set(
         with_blocks: Also return the per-encoder feature widths.
         memory_budget_mb: If the kept features, as float32, exceed this many MiB, they are not
             read: a :class:`~histofuse.heads.streaming.LazyFeatures` view is returned instead.
+        cache_keys: The configured key of each encoder (see :func:`stores_by_encoder`).
 
     Returns:
         Features (N, sum of dims) as float32 (or a lazy view of them), the index (``sample,
@@ -43,7 +45,8 @@ def load_feature_set(
         split ``X``).
 
     Raises:
-        HistofuseError: If the encoders do not cover the same tiles.
+        HistofuseError: If the encoders do not cover the same tiles, or a store's key differs
+            from the configured one.
     """
     from histofuse.cache import READ_BLOCK_BYTES
     from histofuse.heads.streaming import BATCH_SHARE, LazyFeatures, exceeds_budget
@@ -54,7 +57,7 @@ def load_feature_set(
         if memory_budget_mb is None
         else int(memory_budget_mb * 2**20 / BATCH_SHARE)
     )
-    by_encoder = stores_by_encoder(stores)
+    by_encoder = stores_by_encoder(stores, cache_keys)
     encoders = sorted(by_encoder)
     index, arrays, rows = _aligned_tables(by_encoder, encoders, samples, block_bytes)
     widths = [int(a.shape[1]) for a in arrays]
@@ -73,13 +76,32 @@ def load_feature_set(
     return x, index, encoders
 
 
-def stores_by_encoder(stores: Sequence[str | Path]) -> dict[str, list[Path]]:
-    """Groups store paths by the encoder named in each store's provenance."""
-    from histofuse.cache import read_provenance
+def stores_by_encoder(
+    stores: Sequence[str | Path], cache_keys: Mapping[str, Mapping[str, str]] | None = None
+) -> dict[str, list[Path]]:
+    """Groups store paths by the encoder named in each store's provenance.
+
+    Args:
+        stores: Store paths.
+        cache_keys: Encoder → the key parts the config asks for
+            (:func:`histofuse.cache.expected_key`); if given, every store must carry them.
+
+    Raises:
+        HistofuseError: If a store is of an encoder not in ``cache_keys``, or its key differs.
+    """
+    from histofuse.cache import check_store_key, read_provenance
 
     by_encoder: dict[str, list[Path]] = {}
     for store in stores:
-        name = read_provenance(store)["encoder"]["name"]
+        provenance = read_provenance(store)
+        name = provenance["encoder"]["name"]
+        if cache_keys is not None:
+            if name not in cache_keys:
+                raise HistofuseError(
+                    f"feature store {store} holds features of encoder {name}, which this job "
+                    f"does not read ({', '.join(sorted(cache_keys))}); check the job's stores"
+                )
+            check_store_key(store, provenance, dict(cache_keys[name]))
         by_encoder.setdefault(name, []).append(Path(store))
     return by_encoder
 

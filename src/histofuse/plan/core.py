@@ -313,6 +313,36 @@ class Plan:
             )
         return self._memo[key]
 
+    def cache_keys(self, task: str, features: str) -> str:
+        """The key parts each store of a job must carry, as its ``--cache-keys`` JSON.
+
+        One entry per encoder the ``fit``, ``peka`` or ``bulk-fit`` job reads, as
+        :func:`histofuse.cache.expected_key` gives it. Tiles of a HEST-Bench task are pre-cut
+        patches, keyed by their size and µm/px alone (:func:`histofuse.slides.patches.patch_spec`);
+        every other task's, by the ``tiling`` section. A feature set of slide embeddings reads no
+        store: ``{}``.
+        """
+        from histofuse.cache import expected_key
+        from histofuse.encoders.registry import get_spec
+        from histofuse.slides.patches import patch_spec
+        from histofuse.slides.spec import TilingSpec
+
+        key = ("cache_keys", task, features)
+        if key not in self._memo:
+            encoders = self.feature_sets.get(features)
+            if encoders is None:
+                encoders = [self.peka.sets[features]] if features in self.peka.sets else []
+            spec = TilingSpec.from_config(self.config["tiling"])
+            if (self.config["tasks"].get(task) or {}).get("hest_bench"):
+                spec = patch_spec(spec)
+            dtype, weights = self.config["embed"]["dtype"], self.config["weights"]
+            keys = {
+                e: expected_key(get_spec(e), weights.get(e), spec.fingerprint(), dtype)
+                for e in encoders
+            }
+            self._memo[key] = as_json(keys)
+        return self._memo[key]
+
     @property
     def fit_features_pattern(self) -> str:
         """The ``fit`` rule's ``features`` wildcard: its feature sets' names, nothing else."""

@@ -162,6 +162,7 @@ class Task:
     split: Split
     seed: int
     seeds: tuple[int, ...] | None
+    integer_counts: bool
 
     @property
     def seed_list(self) -> list[int]:

@@ -203,7 +203,7 @@ def spot_rows(
     missing = sorted(set(names) - set(features.index["sample"]))
     if missing:
         raise HistofuseError(f"task {name!r}: no cached features for samples {missing}")
-    counts, total = _read_counts(name, sheet, names, features.index)
+    counts, total = _read_counts(samples.task, name, sheet, names, features.index)
     order = np.concatenate([np.flatnonzero(features.index["sample"] == s) for s in names])
     features = features.take(order)
     keep, dropped = finite_spots(features, counts, sheet)
@@ -215,15 +215,24 @@ def spot_rows(
 
 
 def _read_counts(
-    task_name: str, sheet: pd.DataFrame, names: list[str], index: pd.DataFrame
+    task: Task, task_name: str, sheet: pd.DataFrame, names: list[str], index: pd.DataFrame
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """Raw counts of every spot of ``index``, samples in ``names`` order, and their totals."""
+    """Raw counts of every spot of ``index``, samples in ``names`` order, and their totals.
+
+    Counts are checked for what the task's transform assumes (see
+    :func:`histofuse.data.expression.read_counts`).
+    """
     from histofuse.data.expression import read_counts
 
     counts, totals = [], []
     for sample in names:
         rows = index["sample"] == sample
-        c = read_counts(sheet.at[sample, "expression"], index.loc[rows, "barcode"].to_numpy())
+        c = read_counts(
+            sheet.at[sample, "expression"],
+            index.loc[rows, "barcode"].to_numpy(),
+            transform=task.transform,
+            integer_counts=task.integer_counts,
+        )
         totals.append(c.sum(axis=1).to_numpy())
         counts.append(c)
     # Compared as sets: a NaN count is a bad spot (handled later), not a gene-list mismatch.

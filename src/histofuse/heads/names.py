@@ -24,8 +24,8 @@ _TORCH_PARAMS = frozenset(
 
 #: Spot head → its hyperparameters (``histofuse.heads.probes.make_head``).
 HEAD_PARAMS: dict[str, frozenset[str]] = {
-    "hest": frozenset(("alpha", "max_iter", "n_components", "random_state")),
-    "hest-alphacv": frozenset(("alphas", "n_components", "random_state")),
+    "hest": frozenset(("alpha", "cap_components", "max_iter", "n_components", "random_state")),
+    "hest-alphacv": frozenset(("alphas", "cap_components", "n_components", "random_state")),
     "ridge": frozenset(("alpha", "random_state")),
     **{name: _TORCH_PARAMS for name in TORCH_HEADS},
 }

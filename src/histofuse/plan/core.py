@@ -20,6 +20,7 @@ import pandas as pd
 from histofuse.errors import HistofuseError
 from histofuse.plan import demo as demo_plan
 from histofuse.plan import names, paths
+from histofuse.plan.heads import check_heads
 
 if TYPE_CHECKING:
     from histofuse.demo.layout import DemoLayout
@@ -233,6 +234,7 @@ class Plan:
                 embedded, tasks naming unknown samples, or a missing sheet.
         """
         check_encoders(config)
+        check_heads(config)
         demo = demo_plan.layout(config)
         samples, shards = plan_samples(config, demo, read_registry(registry))
         feature_sets = plan_feature_sets(config)

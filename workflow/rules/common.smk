@@ -1,7 +1,9 @@
 # Parse-time set-up: validate the config, read the sample table once, plan shards and feature sets.
 # Cheap by design: no torch, no slide is opened, nothing is globbed. Rules look their inputs and
 # params up in PLAN (histofuse.plan) and their result paths in `paths` (histofuse.plan.paths).
+import json
 import os
+import shlex
 
 from histofuse.config import load_schema, validate_config
 from histofuse.plan import Plan, paths
@@ -36,3 +38,83 @@ def embed_key(wildcards):
 
 def parent_of_first_output(wildcards, output):
     return os.path.dirname(output[0]) or "."
+
+
+# Tiling (tile.smk): the `tiling` section goes to `histofuse tile --tiling` whole, as one JSON
+# document; as a param, a change of any tiling setting re-runs the tile jobs.
+TILING = json.dumps(config["tiling"], sort_keys=True)
+
+
+def slide_of(wildcards):
+    return SAMPLES.at[wildcards.sample, "slide"]
+
+
+def expression_of(wildcards):
+    return SAMPLES.at[wildcards.sample, "expression"]
+
+
+def patches_of(wildcards):
+    patches = SAMPLES.at[wildcards.sample, "patches"] if "patches" in SAMPLES else ""
+    return patches if isinstance(patches, str) else ""
+
+
+def expression_input(wildcards):
+    expression = expression_of(wildcards)
+    return [expression] if expression else []
+
+
+def tile_inputs(wildcards):
+    patches = patches_of(wildcards)
+    if patches:
+        return {"patches": ancient(patches)}
+    return {
+        "slide": ancient(slide_of(wildcards)),
+        "expression": ancient(expression_input(wildcards)),
+    }
+
+
+def tile_source(wildcards, input):
+    """`--patches X`, or `--slide X` with the sample's `--expression` file if it has one."""
+    if "patches" in input.keys():
+        return f"--patches {shlex.quote(input.patches)}"
+    flags = f"--slide {shlex.quote(input.slide)}"
+    expression = expression_of(wildcards)
+    return flags + (f" --expression {shlex.quote(expression)}" if expression else "")
+
+
+def mpp_flag(wildcards):
+    mpp = SAMPLES.at[wildcards.sample, "mpp"] if "mpp" in SAMPLES else None
+    if mpp is None or mpp != mpp:
+        return ""
+    source = SAMPLES.at[wildcards.sample, "mpp_source"] if "mpp_source" in SAMPLES else ""
+    return f"--mpp {mpp}" + (f" --mpp-source {source}" if isinstance(source, str) and source else "")
+
+
+def shard_sample_flags(wildcards):
+    return " ".join(f"--sample {s}" for s in PLAN.shards[wildcards.shard])
+
+
+def shard_hest_bench_flags(wildcards):
+    members = set(PLAN.shards[wildcards.shard])
+    return " ".join(
+        f"--hest-bench {task}={spec['hest_bench']}"
+        for task, spec in config["tasks"].items()
+        if spec.get("hest_bench") and members & set(PLAN.task_samples(task))
+    )
+
+
+def shard_demo_inputs(wildcards):
+    # The generated demo's files of a shard, so that a grown demo cohort is written before its new
+    # shard is tiled. A user's sheet lists files that exist (checked at parse time); listing them
+    # all would double the DAG's build time at 10k slides.
+    if not config["demo"]["enabled"]:
+        return []
+    rows = SAMPLES.loc[PLAN.shards[wildcards.shard]]
+    return [path for col in ("slide", "expression") for path in rows[col] if path]
+
+
+def shard_tiles(wildcards):
+    """The tiles of an embed shard: its samples' files, or the shard's tiling folder."""
+    if config["tiling"]["jobs"] == "shard":
+        return [f"results/tiles/shards/{wildcards.shard}"]
+    return [f"results/tiles/{s}.parquet" for s in PLAN.shards[wildcards.shard]]

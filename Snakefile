@@ -1,11 +1,22 @@
 # histofuse: tile once, embed each encoder once into a Zarr cache, fit many heads, report.
 # All logic lives in the `histofuse` package; rules only wire files to its CLI verbs.
+import json
+import os
+import shutil
+
+from histofuse.atomic import write_json
+from snakemake.logging import logger
 from snakemake.utils import min_version
 
 min_version("9.11")
 
 
-configfile: "config/config.yaml"
+# The demo config applies only when no --configfile is given: a user's config replaces it whole
+# instead of being merged into it (Snakemake's default for a workflow `configfile:`), so no demo
+# task, head or section ever runs on a user's samples. `--config KEY=VALUE` alone still edits the demo.
+if not workflow.overwrite_configfiles:
+
+    configfile: os.path.join(workflow.basedir, "config/config.yaml")
 
 
 include: "workflow/rules/common.smk"
@@ -20,9 +31,36 @@ include: "workflow/rules/peka.smk"
 include: "workflow/rules/report.smk"
 
 
+STUDY_RECORD = "results/study.json"
+
+
+def set_aside_another_studys_report():
+    """Moves results/report to results/report.previous when it was made for another study.
+
+    A study is its sample sheet and its task names; a run of another study in the same folder
+    schedules its own report, and until that report is written no other study's report may stand
+    where it reads as this one's. Keep studies apart with `--directory` (README).
+    """
+    study = {
+        "samples": os.path.abspath(config["samples"]),
+        "tasks": sorted(config["tasks"]),
+        "bulk": sorted(config["bulk"]),
+    }
+    old = json.loads(open(STUDY_RECORD).read()) if os.path.exists(STUDY_RECORD) else study
+    if old != study and os.path.exists(paths.REPORT):
+        shutil.rmtree(f"{paths.REPORT}.previous", ignore_errors=True)
+        os.replace(paths.REPORT, f"{paths.REPORT}.previous")
+        logger.warning(
+            f"results/ holds another study's outputs (samples: {old['samples']}); its report was"
+            f" moved to {paths.REPORT}.previous. Run each study in its own folder (--directory)."
+        )
+    write_json(study, STUDY_RECORD, indent=1)
+
+
 onstart:
     # Record which shard each sample went to, so adding samples never reshuffles finished shards.
     PLAN.save_registry(paths.SHARD_REGISTRY)
+    set_aside_another_studys_report()
 
 
 localrules:

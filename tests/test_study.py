@@ -101,7 +101,7 @@ def test_your_data_after_the_demo_in_the_same_folder(tmp_path):
     assert "demo-spots" in (work / "results/report.previous/summary.csv").read_text()
 
     proc = _snakemake(work, "--configfile", user.name)
-    assert _job_counts(proc.stdout) == {**USER_JOBS, "tile": 1}  # my-P1-S1 was tiled above
+    assert _job_counts(proc.stderr) == {**USER_JOBS, "tile": 1}  # my-P1-S1 was tiled above
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in demo_files} == before
     summary = pd.read_csv(work / "results/report/summary.csv")
     assert set(summary["task"]) == {"my-task"} and set(summary["features"]) == {"tiny-cnn"}

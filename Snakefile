@@ -13,7 +13,7 @@ min_version("9.11")
 
 # The demo config applies only when no --configfile is given: a user's config replaces it whole
 # instead of being merged into it (Snakemake's default for a workflow `configfile:`), so no demo
-# task, head or section ever runs on a user's samples. `--config KEY=VALUE` alone still edits the demo.
+# task, head or section ever runs on a user's samples. `--config KEY=VALUE` alone edits the demo.
 if not workflow.overwrite_configfiles:
 
     configfile: os.path.join(workflow.basedir, "config/config.yaml")
@@ -31,36 +31,28 @@ include: "workflow/rules/peka.smk"
 include: "workflow/rules/report.smk"
 
 
-STUDY_RECORD = "results/study.json"
-
-
-def set_aside_another_studys_report():
-    """Moves results/report to results/report.previous when it was made for another study.
-
-    A study is its sample sheet and its task names; a run of another study in the same folder
-    schedules its own report, and until that report is written no other study's report may stand
-    where it reads as this one's. Keep studies apart with `--directory` (README).
-    """
+onstart:
+    # Record which shard each sample went to, so adding samples never reshuffles finished shards.
+    PLAN.save_registry(paths.SHARD_REGISTRY)
+    # A study is its sample sheet and its task names. A run of another study in this folder
+    # schedules its own report; until it is written, the previous study's report is moved to
+    # results/report.previous so that it never reads as this study's (README: keep studies
+    # apart with --directory).
     study = {
         "samples": os.path.abspath(config["samples"]),
         "tasks": sorted(config["tasks"]),
         "bulk": sorted(config["bulk"]),
     }
-    old = json.loads(open(STUDY_RECORD).read()) if os.path.exists(STUDY_RECORD) else study
-    if old != study and os.path.exists(paths.REPORT):
+    record = "results/study.json"
+    previous = json.loads(open(record).read()) if os.path.exists(record) else study
+    if previous != study and os.path.exists(paths.REPORT):
         shutil.rmtree(f"{paths.REPORT}.previous", ignore_errors=True)
         os.replace(paths.REPORT, f"{paths.REPORT}.previous")
         logger.warning(
-            f"results/ holds another study's outputs (samples: {old['samples']}); its report was"
-            f" moved to {paths.REPORT}.previous. Run each study in its own folder (--directory)."
+            f"results/ holds another study's outputs (samples: {previous['samples']}); its"
+            f" report was moved to {paths.REPORT}.previous. Keep studies apart with --directory."
         )
-    write_json(study, STUDY_RECORD, indent=1)
-
-
-onstart:
-    # Record which shard each sample went to, so adding samples never reshuffles finished shards.
-    PLAN.save_registry(paths.SHARD_REGISTRY)
-    set_aside_another_studys_report()
+    write_json(study, record, indent=1)
 
 
 localrules:

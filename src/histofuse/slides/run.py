@@ -16,10 +16,16 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from histofuse.errors import HistofuseError
-from histofuse.slides.mpp import MppLimits
 from histofuse.slides.spec import TilingSpec
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from histofuse.slides.mpp import MppCheck, MppLimits
+    from histofuse.slides.tissue import TissueMask
 
 
 def beside(tiles: Path, suffix: str) -> Path:
@@ -79,7 +85,9 @@ def tile_patches(job: TileJob, spec: TilingSpec) -> None:
     logging.info("%s: %d pre-cut patches from %s", job.sample, len(table), job.source)
 
 
-def _tile_checked(job: TileJob, spec: TilingSpec, limits: MppLimits) -> tuple:
+def _tile_checked(
+    job: TileJob, spec: TilingSpec, limits: MppLimits
+) -> tuple[pd.DataFrame, dict[str, Any], TissueMask, MppCheck]:
     """Checks the slide's µm/px (:func:`histofuse.slides.mpp.check_mpp`), then tiles it.
 
     Returns:
@@ -116,6 +124,7 @@ def tile_one(
     Raises:
         HistofuseError: Naming the sample, if it cannot be tiled and ``on_error`` is ``stop``.
     """
+    from histofuse.slides.mpp import MppLimits
     from histofuse.slides.tiling import write_qc, write_stats, write_tiles
 
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,10 +19,24 @@ BIN = Path(sys.executable).parent
 DEMO_METRICS = "results/metrics/demo-spots/tiny-vit/hest.parquet"
 
 
+def _checkout(folder: Path, demo: Path | None = None) -> Path:
+    """A copy of the repository's workflow, where a user runs `snakemake` (as in the README).
+
+    ``demo`` replaces its demo config (``config/config.yaml``), e.g. with a smaller demo.
+    """
+    folder.mkdir(exist_ok=True)
+    shutil.copy2(REPO / "Snakefile", folder)
+    for sub in ("workflow", "config", "profiles", "envs"):
+        shutil.copytree(REPO / sub, folder / sub)
+    if demo is not None:
+        shutil.copy2(demo, folder / "config/config.yaml")
+    return folder
+
+
 def _snakemake(work: Path, *args: str) -> subprocess.CompletedProcess:
-    """`snakemake` as the README has it, in `work`, on this checkout's Snakefile."""
+    """`snakemake` run in `work` (a checkout) on its Snakefile."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
-    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--cores", "2", *args]
+    cmd = [str(BIN / "snakemake"), "--cores", "2", *args]
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
@@ -77,19 +92,26 @@ USER_JOBS = {"tile": 2, "embed": 1, "fit": 1, "report": 1, "all": 1}
 
 
 def test_users_config_replaces_the_demo_config(tmp_path):
-    user = _user_study(tmp_path)
-    proc = _snakemake(tmp_path, "--configfile", user.name, "-n")
+    work = _checkout(tmp_path / "histofuse")
+    user = _user_study(work)
+    proc = _snakemake(work, "--configfile", user.name, "-n")
     assert _job_counts(proc.stdout) == USER_JOBS
-    # without a config, the demo config applies (here: from another folder than the checkout)
-    demo = _job_counts(_snakemake(tmp_path, "-n").stdout)
+    # without a config, the demo config applies
+    demo = _job_counts(_snakemake(work, "-n").stdout)
     assert demo["demo_cohort"] == 1 and demo["peka"] == 3 and demo["bulk_fit"] == 6
+    # the README's form: a study folder of its own, from anywhere
+    study = tmp_path / "my-study"
+    study.mkdir()
+    user = _user_study(study)
+    args = ["-s", str(work / "Snakefile"), "--directory", "my-study", "--configfile", str(user)]
+    assert _job_counts(_snakemake(tmp_path, *args, "-n").stdout) == USER_JOBS
 
 
 @pytest.mark.slow
 def test_your_data_after_the_demo_in_the_same_folder(tmp_path):
-    work = tmp_path / "study"
-    work.mkdir()
-    _snakemake(work, "--configfile", str(_small_demo(tmp_path / "demo.yaml")))
+    # the demo as `make demo` runs it (`snakemake --cores all`), with a smaller demo config
+    work = _checkout(tmp_path / "histofuse", demo=_small_demo(tmp_path / "demo.yaml"))
+    _snakemake(work)
     demo_files = sorted(p for p in (work / "results/metrics").rglob("*") if p.is_file())
     assert [p.relative_to(work).as_posix() for p in demo_files] == [DEMO_METRICS]
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in demo_files}

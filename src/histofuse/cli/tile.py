@@ -46,11 +46,13 @@ def _one_job(args: argparse.Namespace) -> TileJob:
 
 def _tile(args: argparse.Namespace) -> None:
     from histofuse.settings import load_document, section
+    from histofuse.slides.mpp import MppLimits
     from histofuse.slides.run import tile_all, tile_patches, tile_sheet
     from histofuse.slides.spec import TilingSpec
 
     tiling = section("tiling", load_document(args.tiling) if args.tiling else None)
     spec = TilingSpec.from_config(tiling)
+    limits = MppLimits.from_config(tiling)
     if args.sheet and not args.patches:
         if not args.out_dir:
             raise HistofuseError("tile --sheet needs --out-dir")
@@ -65,11 +67,12 @@ def _tile(args: argparse.Namespace) -> None:
             tiling["on_error"],
             args.keep_going,
             hest_bench,
+            limits,
         )
     elif args.patches:
         tile_patches(_one_job(args), spec)
     else:
-        tile_all([_one_job(args)], spec, tiling["on_error"], args.keep_going)
+        tile_all([_one_job(args)], spec, tiling["on_error"], args.keep_going, limits)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -16,9 +16,16 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from histofuse.errors import HistofuseError
 from histofuse.slides.spec import TilingSpec
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from histofuse.slides.mpp import MppCheck, MppLimits
+    from histofuse.slides.tissue import TissueMask
 
 
 def beside(tiles: Path, suffix: str) -> Path:
@@ -78,24 +85,50 @@ def tile_patches(job: TileJob, spec: TilingSpec) -> None:
     logging.info("%s: %d pre-cut patches from %s", job.sample, len(table), job.source)
 
 
-def tile_one(job: TileJob, spec: TilingSpec, on_error: str) -> None:
+def _tile_checked(
+    job: TileJob, spec: TilingSpec, limits: MppLimits
+) -> tuple[pd.DataFrame, dict[str, Any], TissueMask, MppCheck]:
+    """Checks the slide's µm/px (:func:`histofuse.slides.mpp.check_mpp`), then tiles it.
+
+    Returns:
+        The tiles table, its metadata (with the check's fields), the tissue mask, the check.
+    """
+    from histofuse.slides.mpp import check_mpp
+    from histofuse.slides.tiling import tile_sample
+
+    checked = check_mpp(job.source, spec.target_mpp, limits, job.mpp, job.mpp_source)
+    table, meta, mask = tile_sample(
+        job.source, spec, job.expression or None, job.mpp, job.mpp_source
+    )
+    meta.update(checked.to_meta())
+    for warning in checked.warnings:
+        print(f"histofuse: warning: sample {job.sample}: {warning}", file=sys.stderr)
+    return table, meta, mask, checked
+
+
+def tile_one(
+    job: TileJob, spec: TilingSpec, on_error: str, limits: MppLimits | None = None
+) -> None:
     """Tiles one sample and writes its tiles table, QC picture and stats.
+
+    The slide's µm/px is checked first (:mod:`histofuse.slides.mpp`); its own metadata value,
+    the upsampling factor and any warning are recorded in the tiles' metadata and stats.
 
     Args:
         job: The sample and its files.
         spec: The tiling spec.
         on_error: ``record`` writes a sample that cannot be tiled as a recorded failure (and
             says so on stderr); ``stop`` raises.
+        limits: The µm/px plausibility limits (``None``: the schema's defaults).
 
     Raises:
         HistofuseError: Naming the sample, if it cannot be tiled and ``on_error`` is ``stop``.
     """
-    from histofuse.slides.tiling import tile_sample, write_qc, write_stats, write_tiles
+    from histofuse.slides.mpp import MppLimits
+    from histofuse.slides.tiling import write_qc, write_stats, write_tiles
 
     try:
-        table, meta, mask = tile_sample(
-            job.source, spec, job.expression or None, job.mpp, job.mpp_source
-        )
+        table, meta, mask, checked = _tile_checked(job, spec, limits or MppLimits.from_config())
     except HistofuseError as exc:
         if on_error != "record":
             raise HistofuseError(f"sample {job.sample}: {exc}") from None
@@ -107,9 +140,10 @@ def tile_one(job: TileJob, spec: TilingSpec, on_error: str) -> None:
     meta["sample"] = job.sample
     write_tiles(table, meta, job.out)
     write_qc(table, meta, mask, job.qc_out)
-    write_stats(meta, job.stats_out)
+    write_stats(meta, job.stats_out, **checked.to_meta())
     logging.info(
-        "%s: %d %s tiles (%d dropped for tissue < %g) of %d px at %.4g µm/px (µm/px from %s)",
+        "%s: %d %s tiles (%d dropped for tissue < %g) of %d px at %.4g µm/px"
+        " (slide %.4g µm/px from %s, resampled %.3g×)",
         job.sample,
         len(table),
         spec.mode,
@@ -117,11 +151,19 @@ def tile_one(job: TileJob, spec: TilingSpec, on_error: str) -> None:
         meta["min_tissue"],
         spec.patch_px,
         meta["effective_mpp"],
+        meta["mpp_x"],
         meta["mpp_source"],
+        meta["upsample"],
     )
 
 
-def tile_all(jobs: list[TileJob], spec: TilingSpec, on_error: str, keep_going: bool) -> None:
+def tile_all(
+    jobs: list[TileJob],
+    spec: TilingSpec,
+    on_error: str,
+    keep_going: bool,
+    limits: MppLimits | None = None,
+) -> None:
     """Tiles several samples (see :func:`tile_one`).
 
     Args:
@@ -129,6 +171,7 @@ def tile_all(jobs: list[TileJob], spec: TilingSpec, on_error: str, keep_going: b
         spec: The tiling spec.
         on_error: ``stop`` or ``record`` (see :func:`tile_one`).
         keep_going: With ``stop``, tile the other samples after one fails, then raise.
+        limits: The µm/px plausibility limits (``None``: the schema's defaults).
 
     Raises:
         HistofuseError: If a sample cannot be tiled (after the others, with ``keep_going``).
@@ -136,7 +179,7 @@ def tile_all(jobs: list[TileJob], spec: TilingSpec, on_error: str, keep_going: b
     failed = []
     for job in jobs:
         try:
-            tile_one(job, spec, on_error)
+            tile_one(job, spec, on_error, limits)
         except HistofuseError as exc:
             if not keep_going:
                 raise
@@ -167,6 +210,7 @@ def tile_sheet(
     on_error: str,
     keep_going: bool,
     hest_bench: list[tuple[str, str]],
+    limits: MppLimits | None = None,
 ) -> None:
     """Tiles the given samples of a sample sheet into ``out_dir/{sample}.parquet`` (+ QC, stats).
 
@@ -179,6 +223,7 @@ def tile_sheet(
         on_error: ``stop`` or ``record`` (see :func:`tile_one`).
         keep_going: With ``stop``, tile the other samples after one fails, then raise.
         hest_bench: ``(task, folder)`` of HEST-Bench tasks whose samples are pre-cut patches.
+        limits: The µm/px plausibility limits (``None``: the schema's defaults).
 
     Raises:
         HistofuseError: If a sample is in neither the sheet nor the tasks, or cannot be tiled.
@@ -206,4 +251,4 @@ def tile_sheet(
         if s not in bench
     ]
     out_dir.mkdir(parents=True, exist_ok=True)
-    tile_all(jobs, spec, on_error, keep_going)
+    tile_all(jobs, spec, on_error, keep_going, limits)

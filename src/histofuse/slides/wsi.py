@@ -55,8 +55,13 @@ def _positive(value: object) -> float | None:
     return v if v > 0 and v == v and v != float("inf") else None
 
 
-def _metadata_mpp(props: Mapping[str, str]) -> tuple[float, float, str] | None:
-    """Returns ``(x, y, source)`` from slide properties, trying the most specific keys first."""
+def metadata_mpp(props: Mapping[str, str]) -> tuple[float, float, str] | None:
+    """Returns ``(x, y, source)`` from slide properties, trying the most specific keys first.
+
+    ``None`` when the properties hold no µm/px. A value is returned as written: whether it can
+    be believed (a 72-dpi default tag, an implausible value) is :mod:`histofuse.slides.mpp`'s
+    question.
+    """
     mx = _positive(props.get(openslide.PROPERTY_NAME_MPP_X))
     my = _positive(props.get(openslide.PROPERTY_NAME_MPP_Y))
     if mx and my:
@@ -69,6 +74,9 @@ def _metadata_mpp(props: Mapping[str, str]) -> tuple[float, float, str] | None:
     if v:
         return v, v, "aperio.MPP"
     return None
+
+
+_metadata_mpp = metadata_mpp
 
 
 def slide_mpp(
@@ -98,7 +106,7 @@ def slide_mpp(
         if not override > 0:
             raise HistofuseError(f"slide {path}: the mpp override {override!r} must be positive")
         return Mpp(float(override), float(override), override_source or "override")
-    found = _metadata_mpp(slide.properties)
+    found = metadata_mpp(slide.properties)
     if found is None:
         raise HistofuseError(
             f"slide {path} has no µm/px in its metadata (openslide.mpp-x/y, TIFF resolution, "

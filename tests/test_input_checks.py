@@ -228,3 +228,16 @@ def test_the_tile_verb_records_spots_on_tissue_in_the_stats(small_cohort, tmp_pa
     assert stats["spots_on_tissue"] == pytest.approx(meta["spots_on_tissue"])
     assert stats["spots_on_tissue"] >= 0.95
     assert stats["min_spots_on_tissue"] == 0.8
+
+
+def test_the_tile_verb_takes_the_threshold_from_its_tiling_document(small_cohort, tmp_path):
+    slide, expr = _first(small_cohort)
+    in_um = _rewrite(expr, tmp_path / "um.h5ad", spatial=lambda xy: xy * 0.5)  # µm, not px
+    args = ("tile", "--sample", "s", "--slide", slide, "--expression", str(in_um))
+    refused = _cli(*args, "--out", str(tmp_path / "a.parquet"), "--tiling", json.dumps(SPEC))
+    assert refused.returncode == 2 and "tiling.min_spots_on_tissue" in refused.stderr
+    lowered = json.dumps({**SPEC, "min_spots_on_tissue": 0.0})
+    kept = _cli(*args, "--out", str(tmp_path / "b.parquet"), "--tiling", lowered)
+    assert kept.returncode == 0, kept.stderr
+    stats = json.loads((tmp_path / "b.json").read_text())
+    assert stats["min_spots_on_tissue"] == 0.0 and stats["spots_on_tissue"] < 0.8

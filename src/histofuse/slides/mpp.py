@@ -32,7 +32,7 @@ _FIX = "set the sample's `mpp` column in the sample sheet"
 
 @dataclass(frozen=True)
 class MppLimits:
-    """The plausibility limits of the ``tiling`` section (defaults: the config schema's).
+    """The tile-time plausibility limits of the ``tiling`` section (defaults: the schema's).
 
     Attributes:
         low: Smallest plausible level-0 µm/px (``tiling.mpp_range[0]``).
@@ -40,12 +40,16 @@ class MppLimits:
         max_upsample: Largest level-0 µm/px ÷ target µm/px allowed (``None``: no limit).
         disagreement: Relative difference of an override from the slide's own µm/px above which
             a warning is recorded.
+        min_spots_on_tissue: Smallest accepted fraction of spot centres on detected tissue
+            (``tiling.min_spots_on_tissue``; checked by
+            :func:`histofuse.slides.tiling.check_spot_placement`).
     """
 
     low: float
     high: float
     max_upsample: float | None
     disagreement: float
+    min_spots_on_tissue: float
 
     @classmethod
     def from_config(cls, doc: Mapping[str, Any] | None = None) -> MppLimits:
@@ -63,7 +67,13 @@ class MppLimits:
                 f"config `tiling.mpp_range` = {t['mpp_range']} must be [low, high]"
             )
         up = t["max_upsample"]
-        return cls(low, high, None if up is None else float(up), float(t["mpp_disagreement"]))
+        return cls(
+            low,
+            high,
+            None if up is None else float(up),
+            float(t["mpp_disagreement"]),
+            float(t["min_spots_on_tissue"]),
+        )
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,12 @@ def _tile_checked(
 
     checked = check_mpp(job.source, spec.target_mpp, limits, job.mpp, job.mpp_source)
     table, meta, mask = tile_sample(
-        job.source, spec, job.expression or None, job.mpp, job.mpp_source
+        job.source,
+        spec,
+        job.expression or None,
+        job.mpp,
+        job.mpp_source,
+        min_spots_on_tissue=limits.min_spots_on_tissue,
     )
     meta.update(checked.to_meta())
     for warning in checked.warnings:

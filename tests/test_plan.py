@@ -142,3 +142,15 @@ def test_bulk_inputs_and_params(tmp_path):
     assert sources_flag("slide", [str(emb)], []) == f"--embeddings '{emb}'"
     manifests = [paths.features_manifest("e", "0000")]
     assert sources_flag("mean", [], manifests) == "--stores results/features/e/0000.zarr"
+
+
+def test_embed_key_follows_the_tiling_geometry_not_its_run_policy():
+    base = demo_config()
+    key = Plan.from_config(base).embed_key("tiny-vit")
+
+    def changed(**tiling) -> str:
+        cfg = demo_config(tiling={**base["tiling"], **tiling})
+        return Plan.from_config(cfg).embed_key("tiny-vit")
+
+    assert changed(on_error="record", jobs="shard", max_upsample=3.0) == key
+    assert changed(patch_um=56.0) != key

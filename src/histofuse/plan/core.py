@@ -293,6 +293,13 @@ class Plan:
             self._memo[key] = self.shards_of(self.task_samples(task))
         return list(self._memo[key])
 
+    @cached_property
+    def tiling_fingerprint(self) -> str:
+        """The fingerprint of the configured tiling geometry (not its run policy keys)."""
+        from histofuse.slides.spec import TilingSpec
+
+        return TilingSpec.from_config(self.config["tiling"]).fingerprint()
+
     def embed_key(self, encoder: str) -> str:
         """The cache key known at parse time (spec, weights source, tiling, dtype) as JSON.
 
@@ -308,7 +315,7 @@ class Plan:
                 {
                     "encoder": get_spec(encoder).fingerprint(),
                     "weights": self.config["weights"].get(encoder, "default"),
-                    "tiling": self.config["tiling"],
+                    "tiling": self.tiling_fingerprint,
                     "dtype": self.config["embed"]["dtype"],
                 },
                 sort_keys=True,

@@ -241,7 +241,7 @@ def run_encoder(
             loader = _loader(shard, settings, device, prefetch_factor)
             provenance = stream.run(shard, loader, out, provenance, settings.batch_size, t0)
     log.info(
-        "%s: %d tiles with %s: %s",
+        "%s: embedded %d tiles with %s: %s",
         output.label,
         provenance["n_tiles"],
         encoder,

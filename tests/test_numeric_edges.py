@@ -92,7 +92,7 @@ def _fit(sheet, store, tmp_path, head="hest", **task):
         [store],
         "enc",
         head,
-        {},
+        {"cap_components": True} if head == "hest" else {},  # 16 features: fewer than 256
         tmp_path / "m.parquet",
         tmp_path / "p.parquet",
     )
@@ -173,7 +173,8 @@ def test_expression_lacking_tile_barcodes_is_one_clear_error(small_cohort, tmp_p
     adata[2:].copy().write_h5ad(h5ad)  # replaced after tiling, without two spots
     cmd = [str(Path(sys.executable).parent / "histofuse"), "fit", "--task", "t", "--task-json"]
     cmd += ['{"split": {"n_folds": 2}}', "--samples", str(sheet), "--stores", str(store)]
-    cmd += ["--features", "enc", "--head", "hest", "--metrics", str(tmp_path / "m.parquet")]
+    cmd += ["--features", "enc", "--head", "hest", "--head-params", '{"cap_components": true}']
+    cmd += ["--metrics", str(tmp_path / "m.parquet")]
     cmd += ["--predictions", str(tmp_path / "p.parquet")]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

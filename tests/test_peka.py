@@ -198,7 +198,7 @@ def test_peka_task_writes_report_rows(name, vit_store, small_cohort, tmp_path):
 
     threads = torch.get_num_threads()
     m = peka_task(
-        "t", _task(TASK), small_cohort, name, "hest", {}, _peka(FAST),
+        "t", _task(TASK), small_cohort, name, "hest", {"cap_components": True}, _peka(FAST),
         tmp_path / "m.parquet", tmp_path / "p.parquet", stores=[vit_store],
     )  # fmt: skip
     assert torch.get_num_threads() == threads  # one thread while training, then restored

@@ -65,7 +65,7 @@ def _user_study(folder: Path) -> Path:
         "encoders": ["tiny-cnn"],
         "embed": {"num_workers": 0, "threads": 1, "gpu": 0},
         "tasks": {"my-task": {"genes": {"top_k": 10}, "split": {"n_folds": 2}}},
-        "heads": {"hest": {}},
+        "heads": {"hest": {"cap_components": True}},
         "report": {"bootstrap": 0},
     }
     path = folder / "my.yaml"
@@ -81,7 +81,7 @@ def _small_demo(path: Path) -> Path:
     cfg["feature_sets"] = {"singles": True}
     cfg["tasks"]["demo-spots"].update(genes={"top_k": 10, "select_on": "all"})
     cfg["tasks"]["demo-spots"]["split"] = {"scheme": "patient-kfold", "n_folds": 2}
-    cfg["heads"] = {"hest": {}}
+    cfg["heads"] = {"hest": {"cap_components": True}}
     cfg["report"]["bootstrap"] = 0
     path.write_text(yaml.safe_dump(cfg))
     return path

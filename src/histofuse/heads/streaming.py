@@ -196,29 +196,35 @@ def stream_pca(x: LazyFeatures, scaler: Any, width: int, batch_rows: int) -> Any
     route of scikit-learn's ``covariance_eigh`` solver); its top ``width`` eigenvectors, signed
     as scikit-learn signs them, are set on a :class:`~sklearn.decomposition.PCA` so that its
     ``transform`` applies them. Holds one d × d float64 matrix, d the feature width (18 MiB at
-    d = 1536).
+    d = 1536), and computes only the top eigenpairs in its memory.
     """
+    from scipy.linalg import eigh
     from sklearn.decomposition import PCA
     from sklearn.utils.extmath import svd_flip
 
     n, d = x.shape
-    total, gram = np.zeros(d), np.zeros((d, d))
+    total, cov = np.zeros(d), np.zeros((d, d))
     for batch in x.batches(batch_rows):
         scaled = scaler.transform(batch).astype(np.float64)
         total += scaled.sum(axis=0)
-        gram += scaled.T @ scaled
+        cov += scaled.T @ scaled
     mean = total / n
-    cov = (gram - n * np.outer(mean, mean)) / (n - 1)
-    values, vectors = np.linalg.eigh(cov)  # ascending
+    cov -= n * np.outer(mean, mean)  # in place: one d × d matrix
+    cov /= n - 1
+    variance = float(np.trace(cov))
+    # only the top `width` eigenpairs, computed in the matrix's own memory
+    values, vectors = eigh(cov, subset_by_index=[d - width, d - 1], overwrite_a=True)
+    del cov
     values, vectors = np.clip(values[::-1], 0, None), vectors[:, ::-1]
     _, components = svd_flip(None, vectors.T, u_based_decision=False)
     pca = PCA(width)
-    pca.components_ = components[:width]
+    pca.components_ = components
     pca.mean_ = mean
-    pca.explained_variance_ = values[:width]
-    pca.explained_variance_ratio_ = values[:width] / values.sum()
-    pca.singular_values_ = np.sqrt(values[:width] * (n - 1))
-    pca.noise_variance_ = values[width:].mean() if width < min(n, d) else 0.0
+    pca.explained_variance_ = values
+    pca.explained_variance_ratio_ = values / variance
+    pca.singular_values_ = np.sqrt(values * (n - 1))
+    rest = min(n, d) - width
+    pca.noise_variance_ = max(variance - values.sum(), 0.0) / rest if rest > 0 else 0.0
     pca.n_components_, pca.n_samples_, pca.n_features_in_ = width, n, d
     return pca
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from histofuse.demo.layout import DemoLayout
     from histofuse.plan.bulk import BulkPlan
     from histofuse.plan.peka import PekaPlan
+    from histofuse.slides.spec import TilingSpec
 
 
 def hest_bench_samples(
@@ -294,11 +295,16 @@ class Plan:
         return list(self._memo[key])
 
     @cached_property
-    def tiling_fingerprint(self) -> str:
-        """The fingerprint of the configured tiling geometry (not its run policy keys)."""
+    def tiling_spec(self) -> TilingSpec:
+        """The configured tiling geometry (validated once; not its run policy keys)."""
         from histofuse.slides.spec import TilingSpec
 
-        return TilingSpec.from_config(self.config["tiling"]).fingerprint()
+        return TilingSpec.from_config(self.config["tiling"])
+
+    @property
+    def tiling_fingerprint(self) -> str:
+        """The fingerprint of :attr:`tiling_spec`."""
+        return self.tiling_spec.fingerprint()
 
     def embed_key(self, encoder: str) -> str:
         """The cache key known at parse time (spec, weights source, tiling, dtype) as JSON.
@@ -334,14 +340,13 @@ class Plan:
         from histofuse.cache import expected_key
         from histofuse.encoders.registry import get_spec
         from histofuse.slides.patches import patch_spec
-        from histofuse.slides.spec import TilingSpec
 
         key = ("cache_keys", task, features)
         if key not in self._memo:
             encoders = self.feature_sets.get(features)
             if encoders is None:
                 encoders = [self.peka.sets[features]] if features in self.peka.sets else []
-            spec = TilingSpec.from_config(self.config["tiling"])
+            spec = self.tiling_spec
             if (self.config["tasks"].get(task) or {}).get("hest_bench"):
                 spec = patch_spec(spec)
             dtype, weights = self.config["embed"]["dtype"], self.config["weights"]

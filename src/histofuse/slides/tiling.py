@@ -143,7 +143,9 @@ def tile_sample(
     on_tissue = None
     if spec.mode == "spots":
         if min_spots_on_tissue is None:
-            min_spots_on_tissue = default_min_spots_on_tissue()
+            from histofuse.slides.mpp import MppLimits  # the schema's tile-time limits
+
+            min_spots_on_tissue = MppLimits.from_config().min_spots_on_tissue
         where = (slide_path, expression or "")
         on_tissue = check_spot_placement(table, tissue, (width, height), where, min_spots_on_tissue)
     table["tissue"] = tissue.box_fractions(table["x0"], table["y0"], table["size0"])
@@ -258,13 +260,6 @@ def check_spot_placement(
             "this slide"
         )
     return fraction
-
-
-def default_min_spots_on_tissue() -> float:
-    """The schema's ``tiling.min_spots_on_tissue``."""
-    from histofuse.settings import section
-
-    return float(section("tiling", None)["min_spots_on_tissue"])
 
 
 def tile_spots(

@@ -22,6 +22,7 @@ import pandas as pd
 from histofuse.atomic import atomic_path, write_parquet, write_text
 from histofuse.data.expression import BARCODES_FIX, GENES_FIX, check_unique, read_h5ad
 from histofuse.errors import HistofuseError
+from histofuse.slides.mpp import MppLimits
 from histofuse.slides.spec import TilingSpec
 from histofuse.slides.tissue import TissueMask, detect_tissue
 from histofuse.slides.wsi import Mpp, best_level, open_slide, slide_mpp
@@ -142,9 +143,7 @@ def tile_sample(
     table = _candidates(slide_path, spec, expression, mpp, size0, (width, height))
     on_tissue = None
     if spec.mode == "spots":
-        if min_spots_on_tissue is None:
-            from histofuse.slides.mpp import MppLimits  # the schema's tile-time limits
-
+        if min_spots_on_tissue is None:  # the schema's, with the other tile-time limits
             min_spots_on_tissue = MppLimits.from_config().min_spots_on_tissue
         where = (slide_path, expression or "")
         on_tissue = check_spot_placement(table, tissue, (width, height), where, min_spots_on_tissue)

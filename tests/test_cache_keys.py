@@ -20,11 +20,12 @@ from histofuse.plan import Plan
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _plan(tiling=None, embed=None) -> Plan:
+def _plan(tiling=None, embed=None, weights=None) -> Plan:
     """The demo config's plan, tiled as the ``small_tiles`` fixture is (56 µm at 1 µm/px)."""
     cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
     cfg["tiling"].update({"patch_um": 56, "target_mpp": 1.0, **(tiling or {})})
     cfg["embed"].update(embed or {})
+    cfg["weights"] = weights or {}
     return Plan.from_config(validate_config(cfg, load_schema()))
 
 
@@ -149,3 +150,87 @@ def test_the_peka_verb_refuses_a_stale_token_store(small_tiles, small_cohort, tm
         == 2
     )
     assert "`peka.tokens_dtype`: store 'float16', config 'float32'" in capsys.readouterr().err
+
+
+def _save_tiny_vit(path: Path, seed: int) -> None:
+    """A tiny-vit checkpoint; every seed's file has the same size (only tensor values differ)."""
+    import torch
+
+    from histofuse.encoders.model import build_trunk
+    from histofuse.encoders.registry import get_spec
+
+    state = build_trunk(get_spec("tiny-vit")).state_dict()
+    generator = torch.Generator().manual_seed(seed)
+    torch.save({k: torch.randn(v.shape, generator=generator) for k, v in state.items()}, path)
+
+
+def _copy_back_in_time(src: Path, dst: Path) -> None:
+    """As ``cp -p`` of a file older than ``dst``: new bytes, an mtime before the old one's."""
+    import os
+    import shutil
+
+    old = dst.stat()
+    os.utime(src, ns=(old.st_atime_ns - 10**10, old.st_mtime_ns - 10**10))
+    shutil.copy2(src, dst)
+    assert dst.stat().st_mtime_ns < old.st_mtime_ns and dst.stat().st_size == old.st_size
+
+
+def test_a_weights_file_is_keyed_by_its_content_not_its_mtime(tmp_path, monkeypatch):
+    """A weights file replaced by other weights with an older mtime changes the cache key."""
+    from histofuse.digests import DIGESTS, sha256_file
+
+    monkeypatch.chdir(tmp_path)
+    weights, other = tmp_path / "w.pth", tmp_path / "v.pth"  # one name length: one size
+    _save_tiny_vit(weights, seed=1)
+    _save_tiny_vit(other, seed=2)
+
+    def key(plan):
+        return json.loads(plan.embed_key("tiny-vit")).get("weights_sha256")
+
+    assert key(_plan(weights={"tiny-vit": str(weights)})) == sha256_file(weights)
+    kept = json.loads(Path(DIGESTS).read_text())
+    assert kept[str(weights.resolve())]["sha256"] == sha256_file(weights)
+    _copy_back_in_time(other, weights)
+    assert key(_plan(weights={"tiny-vit": str(weights)})) == sha256_file(other)
+    assert key(_plan()) is None  # registry weights: no file to hash
+
+
+def test_a_kept_digest_is_reused_only_for_the_same_file_version(tmp_path):
+    from histofuse.digests import cached_sha256, sha256_file
+
+    cache, data = tmp_path / "digests.json", tmp_path / "f.bin"
+    data.write_bytes(b"a" * 100)
+    assert cached_sha256(data, cache) == sha256_file(data)
+    kept = json.loads(cache.read_text())
+    kept[str(data.resolve())]["sha256"] = "kept"  # proves the next call reads the cache
+    cache.write_text(json.dumps(kept))
+    assert cached_sha256(data, cache) == "kept"
+    data.write_bytes(b"b" * 100)  # same size, rewritten: its ctime moves
+    assert cached_sha256(data, cache) == sha256_file(data)
+    cache.write_text("{not json")  # a damaged cache is rebuilt, never trusted
+    assert cached_sha256(data, cache) == sha256_file(data)
+
+
+def test_a_store_of_other_weights_bytes_is_refused(small_tiles, tmp_path, monkeypatch):
+    """As after copying a cache made with one checkpoint and replacing the file in place."""
+    from histofuse.embed import embed_shard
+
+    monkeypatch.chdir(tmp_path)
+    weights, other = tmp_path / "w.pth", tmp_path / "v.pth"  # one name length: one size
+    _save_tiny_vit(weights, seed=1)
+    _save_tiny_vit(other, seed=2)
+    store = tmp_path / "results/features/tiny-vit/0000.zarr"
+    tiles = [small_tiles[sorted(small_tiles)[0]]]
+    embed_shard(tiles, "tiny-vit", store, weights=weights, device="cpu")
+    plan_keys = _keys(_plan(weights={"tiny-vit": str(weights)}))
+    assert stores_by_encoder([store], plan_keys) == {"tiny-vit": [store]}
+    _copy_back_in_time(other, weights)
+    with pytest.raises(HistofuseError, match="the content of the `weights` file: store '") as err:
+        stores_by_encoder([store], _keys(_plan(weights={"tiny-vit": str(weights)})))
+    assert "snakemake --forcerun" in str(err.value)
+
+
+def test_a_missing_weights_file_is_named_at_parse_time(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(HistofuseError, match=r"config `weights.tiny-vit`: cannot read gone.pth"):
+        _plan(weights={"tiny-vit": "gone.pth"}).embed_key("tiny-vit")

@@ -321,6 +321,32 @@ def test_weights_and_pooling_changes_recompute_only_affected_stores(demo_run, tm
         "fit": 4,
         "report": 1,
     }
+    # other weights copied in with an older mtime (`cp -p`, `rsync -a`): seen by their content
+    older = tmp_path / "older" / weights.name
+    older.parent.mkdir()
+    _save_weights(older, seed=3)
+    then = weights.stat().st_mtime_ns - 10**10
+    os.utime(older, ns=(then, then))
+    shutil.copy2(older, weights)
+    assert weights.stat().st_mtime_ns == then
+    assert job_counts(snakemake(work, "-n", config=cfg).stdout) == {
+        "all": 1,
+        "embed": 2,
+        "fit": 4,
+        "report": 1,
+    }
+
+
+@pytest.mark.slow
+def test_tiling_policy_changes_rerun_nothing(demo_run, tmp_path):
+    """`on_error` decides what a failing sample does, never what a tile holds."""
+    cfg = write_config(tmp_path / "c.yaml", **{"tiling.on_error": "record"})
+    proc = snakemake(demo_run[0], "-n", config=cfg)
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+    # a check that decides whether a sample is cut re-checks every sample
+    samples = len((demo_run[0] / "results/shards.tsv").read_text().splitlines()) - 1
+    cfg = write_config(tmp_path / "c.yaml", **{"tiling.min_spots_on_tissue": 0.5})
+    assert job_counts(snakemake(demo_run[0], "-n", config=cfg).stdout)["tile"] == samples
 
 
 REPORT_FILES = [

@@ -1,7 +1,6 @@
 # Parse-time set-up: validate the config, read the sample table once, plan shards and feature sets.
 # Cheap by design: no torch, no slide is opened, nothing is globbed. Rules look their inputs and
 # params up in PLAN (histofuse.plan) and their result paths in `paths` (histofuse.plan.paths).
-import json
 import os
 import shlex
 
@@ -40,9 +39,12 @@ def parent_of_first_output(wildcards, output):
     return os.path.dirname(output[0]) or "."
 
 
-# Tiling (tile.smk): the `tiling` section goes to `histofuse tile --tiling` whole, as one JSON
-# document; as a param, a change of any tiling setting re-runs the tile jobs.
-TILING = json.dumps(config["tiling"], sort_keys=True)
+
+
+def on_error_flag(wildcards, output):
+    """`tiling.on_error`, a run policy. Taking `output` makes it a derived param, which Snakemake
+    leaves out of its params rerun trigger: changing the policy reruns no tile job."""
+    return config["tiling"]["on_error"]
 
 
 def slide_of(wildcards):

@@ -4,8 +4,8 @@
 # stops only itself); `shard` tiles all samples of an embed shard in one job
 # (results/tiles/shards/{shard}/{sample}.parquet), which keeps the DAG small for many slides.
 # A HEST-Bench sample has pre-cut patches instead of a slide: its tiles table points at them.
-# Helpers: workflow/rules/common.smk (the `tiling` section goes to `histofuse tile --tiling`
-# whole, as one JSON document; as a param, a change of any tiling setting re-runs the tile jobs).
+# The `key` param is the `tiling` section without its run policy (PLAN.tiling_key): changing
+# `on_error` (passed apart) or `jobs` reruns no tile job, and so no embed job.
 if config["tiling"]["jobs"] == "sample":
 
     rule tile:
@@ -18,7 +18,8 @@ if config["tiling"]["jobs"] == "sample":
             ),
             stats="results/tiles/{sample}.json",
         params:
-            tiling=TILING,
+            key=PLAN.tiling_key,
+            on_error=on_error_flag,
             mpp=mpp_flag,
             source=tile_source,
         benchmark:
@@ -28,7 +29,7 @@ if config["tiling"]["jobs"] == "sample":
         conda:
             "../../envs/histofuse.yaml"
         shell:
-            "histofuse tile --sample {wildcards.sample} {params.source} --tiling {params.tiling:q}"
+            "histofuse tile --sample {wildcards.sample} {params.source} --tiling {params.key:q} --on-error {params.on_error}"
             " {params.mpp} --out {output.tiles:q} --qc {output.qc:q} --stats {output.stats:q}"
             " > {log:q} 2>&1"
 
@@ -45,7 +46,8 @@ else:
         params:
             samples=shard_sample_flags,
             hest_bench=shard_hest_bench_flags,
-            tiling=TILING,
+            key=PLAN.tiling_key,
+            on_error=on_error_flag,
         benchmark:
             "logs/benchmark/tile/{shard}.tsv"
         log:
@@ -54,4 +56,4 @@ else:
             "../../envs/histofuse.yaml"
         shell:
             "histofuse tile --sheet {input.sheet:q} {params.samples} {params.hest_bench}"
-            " --tiling {params.tiling:q} --out-dir {output:q} > {log:q} 2>&1"
+            " --tiling {params.key:q} --on-error {params.on_error} --out-dir {output:q} > {log:q} 2>&1"

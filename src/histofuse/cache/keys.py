@@ -16,18 +16,21 @@ from typing import Any
 
 from histofuse.errors import HistofuseError
 
-KEY_PARTS = ("encoder", "weights", "tiling", "dtype")
+KEY_PARTS = ("encoder", "weights", "weights_sha256", "tiling", "dtype")
 """The parts of an expected key, in the order a mismatch names them."""
 
 _CONFIG_KEYS = {
     "encoder": "the encoder's spec (`encoders`)",
     "weights": "`weights`",
+    "weights_sha256": "the content of the `weights` file",
     "tiling": "`tiling`",
     "dtype": "`embed.dtype`",
 }
 
 
-def expected_key(spec: Any, weights: str | None, tiling: str, dtype: str) -> dict[str, str]:
+def expected_key(
+    spec: Any, weights: str | None, tiling: str, dtype: str, weights_sha256: str | None = None
+) -> dict[str, str]:
     """The parts of a store's key that the config decides.
 
     Args:
@@ -35,13 +38,18 @@ def expected_key(spec: Any, weights: str | None, tiling: str, dtype: str) -> dic
         weights: The configured weights source, or None for the spec's own.
         tiling: The fingerprint of the tiling spec the store's tiles are cut with.
         dtype: The configured feature dtype (``embed.dtype``).
+        weights_sha256: The sha256 of the configured weights file, when it is a file (the
+            store must have loaded these very bytes); None compares no content.
     """
-    return {
+    key = {
         "encoder": spec.fingerprint(),
         "weights": str(weights if weights is not None else spec.weights),
         "tiling": tiling,
         "dtype": dtype,
     }
+    if weights_sha256 is not None:
+        key["weights_sha256"] = weights_sha256
+    return key
 
 
 def recorded_key(provenance: dict[str, Any]) -> dict[str, str | None]:
@@ -55,6 +63,7 @@ def recorded_key(provenance: dict[str, Any]) -> dict[str, str | None]:
     return {
         "encoder": encoder,
         "weights": provenance.get("weights_source"),
+        "weights_sha256": provenance.get("weights_sha256"),
         "tiling": provenance.get("tiling_fingerprint"),
         "dtype": provenance.get("dtype"),
     }

@@ -51,6 +51,8 @@ def _tile(args: argparse.Namespace) -> None:
     from histofuse.slides.spec import TilingSpec
 
     tiling = section("tiling", load_document(args.tiling) if args.tiling else None)
+    if args.on_error:
+        tiling["on_error"] = args.on_error
     spec = TilingSpec.from_config(tiling)
     limits = MppLimits.from_config(tiling)
     if args.sheet and not args.patches:
@@ -83,6 +85,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--tiling",
         help="the config's `tiling` section: inline JSON or a .json/.yaml file (unset keys take "
         "the schema's defaults; on_error decides what a sample that cannot be tiled does)",
+    )
+    s.add_argument(
+        "--on-error",
+        choices=("stop", "record"),
+        help="overrides the section's on_error (the workflow passes it apart from --tiling)",
     )
     s.add_argument("--sheet", help="sample sheet: tile the given samples into --out-dir")
     s.add_argument("--out-dir", help="folder of {sample}.parquet files (with --sheet)")

@@ -29,6 +29,10 @@ if TYPE_CHECKING:
     from histofuse.slides.spec import TilingSpec
 
 
+#: ``tiling`` settings that change how jobs are cut or what a failing sample does, never a tile.
+TILING_POLICY = ("on_error", "jobs")
+
+
 def hest_bench_samples(
     config: dict[str, Any], demo: DemoLayout | None, taken: set[str]
 ) -> pd.DataFrame:
@@ -302,30 +306,66 @@ class Plan:
         return TilingSpec.from_config(self.config["tiling"])
 
     @property
+    def tiling_key(self) -> str:
+        """The ``tiling`` settings that decide what the tile jobs write, as JSON.
+
+        The geometry (:attr:`tiling_spec`) and the checks that decide whether a sample is cut
+        at all (``min_spots_on_tissue``, ``mpp_range``, ``max_upsample``,
+        ``mpp_disagreement``); not the run policy (:data:`TILING_POLICY`). Put in the tile
+        rules' ``params``, a policy change reruns no tile job, and so no embed job.
+        """
+        tiling = self.config["tiling"]
+        return as_json({k: v for k, v in tiling.items() if k not in TILING_POLICY})
+
+    @property
     def tiling_fingerprint(self) -> str:
         """The fingerprint of :attr:`tiling_spec`."""
         return self.tiling_spec.fingerprint()
 
-    def embed_key(self, encoder: str) -> str:
-        """The cache key known at parse time (spec, weights source, tiling, dtype) as JSON.
+    def weights_sha256(self, encoder: str) -> str | None:
+        """The sha256 of an encoder's configured weights file; None for no file (registry, hub).
 
-        Put in the embed rule's ``params``, it reruns exactly the stores whose encoder spec,
-        pooling, weights, tiling or dtype changed; the weights file's content is tracked by its
-        being an input of the rule.
+        Kept per file version (:func:`histofuse.digests.cached_sha256`), so a multi-GB file is
+        read once, and again only when it is rewritten.
+
+        Raises:
+            HistofuseError: If the file is missing or cannot be read.
+        """
+        from histofuse.digests import cached_sha256
+
+        source = self.config["weights"].get(encoder)
+        if not source or source.startswith("hf-hub:"):
+            return None
+        key = ("weights_sha256", encoder)
+        if key not in self._memo:
+            try:
+                self._memo[key] = cached_sha256(source)
+            except OSError as err:
+                raise HistofuseError(
+                    f"config `weights.{encoder}`: cannot read {source} ({err.strerror or err}); "
+                    "check the path (relative paths start at the workflow's folder)"
+                ) from None
+        return self._memo[key]
+
+    def embed_key(self, encoder: str) -> str:
+        """The cache key known at parse time (spec, weights and their content, tiling, dtype).
+
+        Put in the embed rule's ``params`` as JSON, it reruns exactly the stores whose encoder
+        spec, pooling, weights, tiling or dtype changed. The weights file enters by its content
+        (:meth:`weights_sha256`), not its mtime: a file replaced by an older one is seen too.
         """
         from histofuse.encoders.registry import get_spec
 
         key = ("embed_key", encoder)
         if key not in self._memo:
-            self._memo[key] = json.dumps(
-                {
-                    "encoder": get_spec(encoder).fingerprint(),
-                    "weights": self.config["weights"].get(encoder, "default"),
-                    "tiling": self.tiling_fingerprint,
-                    "dtype": self.config["embed"]["dtype"],
-                },
-                sort_keys=True,
-            )
+            doc = {
+                "encoder": get_spec(encoder).fingerprint(),
+                "weights": self.config["weights"].get(encoder, "default"),
+                "tiling": self.tiling_fingerprint,
+                "dtype": self.config["embed"]["dtype"],
+            }
+            digest = self.weights_sha256(encoder)
+            self._memo[key] = as_json(doc if digest is None else {**doc, "weights_sha256": digest})
         return self._memo[key]
 
     def cache_keys(self, task: str, features: str) -> str:
@@ -351,7 +391,9 @@ class Plan:
                 spec = patch_spec(spec)
             dtype, weights = self.config["embed"]["dtype"], self.config["weights"]
             keys = {
-                e: expected_key(get_spec(e), weights.get(e), spec.fingerprint(), dtype)
+                e: expected_key(
+                    get_spec(e), weights.get(e), spec.fingerprint(), dtype, self.weights_sha256(e)
+                )
                 for e in encoders
             }
             self._memo[key] = as_json(keys)

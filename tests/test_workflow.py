@@ -338,6 +338,21 @@ def test_weights_and_pooling_changes_recompute_only_affected_stores(demo_run, tm
 
 
 @pytest.mark.slow
+def test_deleted_intermediates_are_rebuilt(demo_run, tmp_path):
+    """A store deleted by hand (its manifest kept) or a metrics file is rebuilt, with what reads it."""
+    work = tmp_path / "work"
+    shutil.copytree(demo_run[0], work, symlinks=True)
+    store = "results/features/tiny-vit/0000.zarr"
+    metrics = next((work / "results/metrics").rglob("*.parquet")).relative_to(work)
+    shutil.rmtree(work / store)
+    (work / metrics).unlink()
+    proc = snakemake(work, "-n")
+    counts = job_counts(proc.stdout)
+    assert counts["embed"] == 1 and counts["report"] == 1
+    assert f"output: {store}" in proc.stdout and str(metrics) in proc.stdout
+
+
+@pytest.mark.slow
 def test_tiling_policy_changes_rerun_nothing(demo_run, tmp_path):
     """`on_error` decides what a failing sample does, never what a tile holds."""
     cfg = write_config(tmp_path / "c.yaml", **{"tiling.on_error": "record"})

@@ -6,6 +6,7 @@ rule bulk_fit:
         sheet=config["samples"],
         table=lambda w: BULK.table(w.task),
         manifests=lambda w: BULK.manifests(w.task, w.features, w.agg),
+        stores=lambda w: [paths.store_of(m) for m in BULK.manifests(w.task, w.features, w.agg)],
         embeddings=lambda w: BULK.embeddings(w.task, w.features, w.agg),
     output:
         metrics=paths.BULK_METRICS,

@@ -4,6 +4,8 @@ rule fit:
     input:
         sheet=config["samples"],
         manifests=lambda w: PLAN.feature_manifests(w.task, w.features),
+        # the stores too: one deleted by hand (its manifest kept) is rebuilt, not read as gone
+        stores=lambda w: PLAN.feature_stores(w.task, w.features),
         hest_bench=lambda w: PLAN.bench_files(w.task),
     output:
         metrics=paths.METRICS,

@@ -37,6 +37,7 @@ rule peka:
     input:
         sheet=config["samples"],
         manifests=lambda w: PEKA.manifests(w.task, w.pfeatures),
+        stores=lambda w: PEKA.stores(w.task, w.pfeatures) + PEKA.token_stores(w.task, w.pfeatures),
     output:
         metrics=paths.metrics("{task}", "{pfeatures}", "{head}"),
         predictions=paths.predictions("{task}", "{pfeatures}", "{head}"),

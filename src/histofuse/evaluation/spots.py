@@ -202,7 +202,12 @@ def spot_rows(
         features = features.take(features.index["sample"].isin(names).to_numpy())
     missing = sorted(set(names) - set(features.index["sample"]))
     if missing:
-        raise HistofuseError(f"task {name!r}: no cached features for samples {missing}")
+        raise HistofuseError(
+            f"task {name!r}: no cached features for samples {missing[:5]} ({len(missing)}): their "
+            "tiles were deleted after the stores were made, or the stores predate them; rebuild "
+            "their tiles and stores (`snakemake --forcerun results/tiles/<sample>.parquet`, or "
+            "the shard's `results/tiles/shards/<shard>` folder with `tiling.jobs: shard`)"
+        )
     counts, total = _read_counts(samples.task, name, sheet, names, features.index)
     order = np.concatenate([np.flatnonzero(features.index["sample"] == s) for s in names])
     features = features.take(order)

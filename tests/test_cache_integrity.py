@@ -135,6 +135,50 @@ def test_a_partial_read_verifies_the_whole_chunk(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("array", "cut"),
+    [
+        ("features", lambda raw: raw[:10] + raw[-20:]),  # the shard index survives, the rows not
+        ("coords", lambda raw: raw[:-8]),  # an unsharded chunk cut short
+    ],
+)
+def test_a_truncated_chunk_is_an_error_naming_store_sample_and_array(tmp_path, array, cut):
+    store = tmp_path / "enc" / "0000.zarr"
+    _write(store)
+    path = store / "B" / array / "c" / "0" / "0"
+    path.write_bytes(cut(path.read_bytes()))
+    with pytest.raises(HistofuseError) as err:
+        _load_all(store)
+    message = str(err.value)
+    assert f"feature store {store}: sample B, array {array}: chunk file {path}" in message
+    assert "is truncated" in message
+    assert re.search(_rebuild(store), message), message
+
+
+def test_chunks_read_in_many_pieces_are_verified_in_full(tmp_path, monkeypatch):
+    """A chunk is read and checked in pieces of CRC_PIECE bytes; with pieces smaller than a row
+    (and not dividing it), and chunks of 4 rows in one shard file, every row range reads the
+    written rows, and a flipped byte before, inside or after the rows read in a chunk they
+    touch is found."""
+    from histofuse.cache import chunks, writer
+
+    monkeypatch.setattr(writer, "CHUNK_BYTES", 4 * DIM * 2)  # chunks of 4 rows: 0-3, 4-7, 8-9
+    monkeypatch.setattr(chunks, "CRC_PIECE", 6)  # a row is 16 bytes
+    store = tmp_path / "enc" / "0000.zarr"
+    written = _write(store, samples=("A",), n=10)["A"]
+    array = open_features([store])._pieces[0][0]
+    for start, stop in [(0, 10), (3, 7), (5, 6), (4, 8), (9, 10), (0, 1)]:
+        got = chunks.read_block([(array, start, stop)], DIM, "float16")
+        np.testing.assert_array_equal(got, written[start:stop], err_msg=f"rows {start}-{stop}")
+    path = store / "A" / "features" / "c" / "0" / "0"
+    for row in (4, 5, 7):  # before, inside and after rows 5-6 of the second chunk
+        _flip(path, row * DIM * 2 + 7)
+        with pytest.raises(HistofuseError, match="sample A, array features: .*checksum"):
+            chunks.read_block([(array, 5, 7)], DIM, "float16")
+        _flip(path, row * DIM * 2 + 7)  # repaired
+        chunks.read_block([(array, 5, 7)], DIM, "float16")
+
+
+@pytest.mark.parametrize(
     ("version", "says"),
     [
         (0, r"format version 0, older than this histofuse reads \(2"),

@@ -27,8 +27,10 @@ READ_THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffi
 _EMPTY_CHUNK = 2**64 - 1
 ALL_CHUNKS = "all_chunks_written"
 """Array attribute set by the writer: every chunk is on disk, so a missing one is damage."""
-CRC_PIECE = 1 << 20
-"""Bytes read at once when a chunk's checksum is verified, each checked while in the CPU cache."""
+CRC_PIECE = 256 << 10
+"""Bytes read at once when a chunk's checksum is verified, each checked while still in the CPU's
+(per-core) level-2 cache: a larger piece is checked from slower memory, a smaller one costs more
+calls."""
 
 
 @dataclass(frozen=True)
@@ -226,15 +228,31 @@ def _pread_rows(
         raise layout.damaged(path, f"is truncated ({done} of {len(view)} bytes of rows)")
 
 
-def _crc_of_range(fd: int, offset: int, nbytes: int, crc: int, scratch: np.ndarray) -> int | None:
-    """Extends ``crc`` over ``nbytes`` of the file from ``offset``; None if the file ends first."""
+def _read_checked(fd: int, buf: np.ndarray, offset: int, crc: int) -> int | None:
+    """Reads ``buf`` (bytes) from ``offset`` and extends ``crc`` over it; None at an early end.
+
+    One ``preadv`` per :data:`CRC_PIECE` bytes, each piece checked right after it is read, while
+    it is still in the CPU cache.
+    """
     import google_crc32c
 
-    for a in range(0, nbytes, len(scratch)):
-        piece = scratch[: min(len(scratch), nbytes - a)]
-        if _pread_full(fd, memoryview(piece), offset + a, len(piece)) != len(piece):
+    extend, preadv = google_crc32c.extend, os.preadv
+    for a in range(0, len(buf), CRC_PIECE):
+        piece = buf[a : a + CRC_PIECE]
+        short = preadv(fd, [piece], offset + a) != len(piece)  # then finish the piece, or fail
+        if short and _pread_full(fd, memoryview(piece), offset + a, len(piece)) != len(piece):
             return None
-        crc = google_crc32c.extend(crc, piece)
+        crc = extend(crc, piece)
+    return crc
+
+
+def _crc_of_range(fd: int, offset: int, nbytes: int, crc: int | None) -> int | None:
+    """Extends ``crc`` over ``nbytes`` of the file from ``offset``; None if the file ends first."""
+    scratch = np.empty(min(CRC_PIECE, nbytes), dtype=np.uint8)
+    for a in range(0, nbytes, CRC_PIECE):
+        if crc is None:
+            break
+        crc = _read_checked(fd, scratch[: min(CRC_PIECE, nbytes - a)], offset + a, crc)
     return crc
 
 
@@ -243,28 +261,22 @@ def _pread_rows_checked(
 ) -> None:
     """As :func:`_pread_rows`, and verifies the chunk's crc32c (its last 4 bytes).
 
-    The rows are read and checked piece by piece (:data:`CRC_PIECE`), each piece while still in
-    the CPU cache; the chunk's bytes outside the rows are read into a small scratch buffer.
+    The rows are read straight into ``rows`` and checked piece by piece
+    (:func:`_read_checked`); the chunk's bytes before and after them, if any, are read into a
+    small scratch buffer and checked too, so the checksum always covers the whole chunk.
 
     Raises:
         HistofuseError: If the chunk is truncated or its checksum differs.
     """
-    import google_crc32c
-
     offset, nbytes = span
     data = nbytes - 4
     out = rows.reshape(-1).view(np.uint8)
-    want = len(out)
-    scratch = np.empty(min(CRC_PIECE, max(1, data - want)), dtype=np.uint8)
-    crc = _crc_of_range(fd, offset, skip, 0, scratch)
-    for a in range(0, want, CRC_PIECE):
-        piece = out[a : a + CRC_PIECE]
-        if crc is None or _pread_full(
-            fd, memoryview(piece), offset + skip + a, data - skip - a
-        ) != len(piece):
-            raise layout.damaged(path, f"is truncated (fewer than {want} bytes of rows)")
-        crc = google_crc32c.extend(crc, piece)
-    crc = _crc_of_range(fd, offset + skip + want, data - skip - want, crc, scratch)
+    if skip + len(out) > data:
+        raise layout.damaged(path, f"is truncated (fewer than {len(out)} bytes of rows)")
+    crc = _crc_of_range(fd, offset, skip, 0)
+    crc = None if crc is None else _read_checked(fd, out, offset + skip, crc)
+    end = skip + len(out)
+    crc = _crc_of_range(fd, offset + end, data - end, crc)
     stored = os.pread(fd, 4, offset + data)
     if crc is None or len(stored) != 4:
         raise layout.damaged(path, "is truncated")

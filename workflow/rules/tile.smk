@@ -21,6 +21,8 @@ if config["tiling"]["jobs"] == "sample":
             tiling=TILING,
             mpp=mpp_flag,
             source=tile_source,
+        resources:
+            slurm_extra=refused_retry_after_user_error,
         benchmark:
             "logs/benchmark/tile/{sample}.tsv"
         log:
@@ -46,6 +48,8 @@ else:
             samples=shard_sample_flags,
             hest_bench=shard_hest_bench_flags,
             tiling=TILING,
+        resources:
+            slurm_extra=refused_retry_after_user_error,
         benchmark:
             "logs/benchmark/tile/{shard}.tsv"
         log:

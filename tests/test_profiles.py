@@ -6,11 +6,15 @@ profile's defaults and per-rule settings are applied; nothing is submitted.
 
 from __future__ import annotations
 
+import os
 import re
+import time
 
 import pytest
 import yaml
 from test_workflow import REPO, snakemake
+
+from histofuse.retry import refused_retry, user_error
 
 PROFILE = REPO / "profiles/slurm/config.yaml"
 PLACEHOLDERS = ("<account>", "<cpu-partition>", "<gpu-partition>")
@@ -97,3 +101,68 @@ def test_planned_resources_parses_a_dry_run_block():
             {"tmpdir": "/tmp", "mem_mb": "32000", "gpu": "1", "slurm_partition": "<gpu-partition>"},
         )
     ]
+
+
+def test_slurm_profile_shows_failed_logs_and_retries():
+    profile = yaml.safe_load(PROFILE.read_text())
+    # SLURM's own reason for a failed job is often "Unknown"; the job's log says what went wrong
+    assert profile["show-failed-logs"] is True
+    assert profile["retries"] >= 1
+
+
+def test_every_cluster_rule_refuses_a_retry_after_a_user_error():
+    # retries are for infrastructure failures; each rule that runs on the cluster takes its
+    # slurm_extra from the guard that refuses a retry whose first attempt ended in a user error
+    rules = {}
+    for smk in sorted((REPO / "workflow/rules").glob("*.smk")):
+        for block in re.split(r"\n\s*rule ", smk.read_text())[1:]:
+            name = block.split(":", 1)[0]
+            rules[name] = "slurm_extra=refused_retry_after_user_error," in block
+    expected = {"demo_cohort", "tile", "tile_shard", "embed", "tokens", "fit", "bulk_fit"}
+    assert expected | {"peka", "report"} <= set(rules)
+    assert all(rules[name] for name in rules), rules
+
+
+def write_log(path, text, age_s=0.0):
+    path.write_text(text)
+    stamp = time.time() - age_s
+    os.utime(path, (stamp, stamp))
+    return path
+
+
+def test_a_log_that_ends_in_a_user_error_refuses_the_retry(tmp_path):
+    since = time.time() - 60
+    record = "2026-11-28 11:29:50,089 INFO histofuse.encoders.run: embed: 10 tiles\n"
+    error = "histofuse: error: weights file w.pt could not be read as a checkpoint: Weights"
+    # a user error, its message running over several lines as a library wrote it
+    log = write_log(tmp_path / "user.log", f"{record}{error}\nUnsupported operand 110\n\n")
+    assert user_error(log, since) == error
+    assert refused_retry(log, 2, since) == f"--histofuse-user-error-not-retried={log}"
+    # the first attempt is always submitted, whatever an earlier run left in its log
+    assert refused_retry(log, 1, since) is None
+
+
+@pytest.mark.parametrize(
+    "text, age_s",
+    [
+        # killed (OOM killer, node failure, time limit) in the middle of the work
+        ("2026-11-28 11:29:50,089 INFO histofuse.encoders.run: embed: reading\n", 0),
+        # a crash that is not a user error
+        ("Traceback (most recent call last):\n  File x\nRuntimeError: CUDA error\n", 0),
+        # a sample's recorded error, then more work, then a kill
+        (
+            "histofuse: error: sample S1: no tissue (recorded)\n"
+            "2026-11-28 11:29:50,089 INFO histofuse.slides.run: tile: S2\n",
+            0,
+        ),
+        # an earlier run's user error: this attempt failed before its command wrote the log
+        ("histofuse: error: weights file w.pt does not exist\n", 3600),
+        ("", 0),
+    ],
+)
+def test_other_failures_are_retried(tmp_path, text, age_s):
+    log = write_log(tmp_path / "job.log", text, age_s)
+    since = time.time() - 60
+    assert user_error(log, since) is None
+    assert refused_retry(log, 2, since) is None
+    assert refused_retry(tmp_path / "never-written.log", 2, since) is None

@@ -9,8 +9,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -49,17 +52,9 @@ def slurm():
         subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, timeout=300)
 
 
-def test_demo_runs_through_slurm(slurm, tmp_path):
-    cfg = sheet_task_config()
-    cfg["demo"].update(patients=2, slides_per_patient=1)
-    cfg["encoders"] = ["tiny-cnn"]
-    cfg["feature_sets"]["concat"] = []
-    cfg["heads"] = {"hest": {"cap_components": True}}
-    cfg["tasks"]["demo-spots"]["split"]["n_folds"] = 2
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    cmd = [
+def slurm_command(tmp_path: Path, config: Path, *extra: str) -> list[str]:
+    """The snakemake call with the project's SLURM profile, its placeholders filled in."""
+    return [
         str(BIN / "snakemake"),
         "-s",
         str(REPO / "Snakefile"),
@@ -84,6 +79,7 @@ def test_demo_runs_through_slurm(slurm, tmp_path):
         "embed:mem_mb=2000",
         "tile:cpus_per_task=1",
         "fit:cpus_per_task=1",
+        *extra,
         "--set-threads",
         "embed=1",
         "fit=1",
@@ -92,9 +88,32 @@ def test_demo_runs_through_slurm(slurm, tmp_path):
         "--latency-wait",
         "10",
     ]
+
+
+def small_config(tmp_path: Path, encoders: list[str], **weights: str) -> Path:
+    cfg = sheet_task_config()
+    cfg["demo"].update(patients=2, slides_per_patient=1)
+    cfg["encoders"] = encoders
+    if weights:
+        cfg["weights"] = weights
+    cfg["feature_sets"]["concat"] = []
+    cfg["heads"] = {"hest": {"cap_components": True}}
+    cfg["tasks"]["demo-spots"]["split"]["n_folds"] = 2
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    return config
+
+
+def slurm_env() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+
+
+def test_demo_runs_through_slurm(slurm, tmp_path):
+    config = small_config(tmp_path, ["tiny-cnn"])
+    cmd = slurm_command(tmp_path, config)
     try:
         proc = subprocess.run(
-            cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600
+            cmd, capture_output=True, text=True, env=slurm_env(), cwd=tmp_path, timeout=600
         )
     except subprocess.TimeoutExpired:
         subprocess.run(["scancel", "--user", "root"], capture_output=True)
@@ -109,3 +128,92 @@ def test_demo_runs_through_slurm(slurm, tmp_path):
     assert summary["pearson_mean"].notna().all() and (summary["n_folds"] == 2).all()
     log = (tmp_path / "logs/embed/tiny-cnn/0000.log").read_text()
     assert "embedded" in log
+
+
+def kill_first_embed(workdir: Path, encoder: str, stop: threading.Event) -> list[int]:
+    """SIGKILLs the first `histofuse embed --encoder ENCODER` process running in WORKDIR.
+
+    Stands in for the kernel's OOM killer (the local cluster has no cgroups): the job's command
+    dies without a word in its log. Returns the killed process ids (one, or none).
+    """
+    killed: list[int] = []
+    while not stop.is_set() and not killed:
+        for proc in Path("/proc").iterdir():
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+                cwd = Path(os.readlink(proc / "cwd"))
+            except (OSError, ValueError):
+                continue
+            args = [a.decode(errors="replace") for a in argv]
+            if (
+                cwd == workdir
+                and any(a.endswith("/histofuse") for a in args)
+                and "embed" in args
+                and encoder in args
+            ):
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed.append(int(proc.name))
+                break
+        time.sleep(0.05)
+    return killed
+
+
+def submissions(out: str, rule: str, wildcards: str) -> list[str]:
+    """SLURM job ids of a job's submissions, from Snakemake's console (its SLURM log path)."""
+    pattern = rf"submitted with SLURM jobid (\d+) \(log: \S*/rule_{rule}/{wildcards}/"
+    return re.findall(pattern, out)
+
+
+def requested_memory(jobid: str) -> str:
+    sacct = ["sacct", "-j", jobid, "-n", "-X", "-P", "-o", "ReqMem"]
+    return subprocess.run(sacct, capture_output=True, text=True).stdout.strip()
+
+
+def test_user_error_is_not_resubmitted_but_a_killed_job_is(slurm, tmp_path):
+    # tiny-vit's weights file is not a checkpoint: a user error only the embed job sees
+    # (exit 2, `histofuse: error: weights file … could not be read`). tiny-cnn's embed job is
+    # killed once, as the OOM killer would: an infrastructure failure, retried at 2x memory.
+    bad = tmp_path / "bad-weights.pt"
+    bad.write_bytes(b"not a checkpoint")
+    config = small_config(tmp_path, ["tiny-cnn", "tiny-vit"], **{"tiny-vit": str(bad)})
+    cmd = slurm_command(tmp_path, config, "embed:mem_mb=1000 * attempt")
+    stop = threading.Event()
+    killed: list[int] = []
+    killer = threading.Thread(
+        target=lambda: killed.extend(kill_first_embed(tmp_path, "tiny-cnn", stop)), daemon=True
+    )
+    killer.start()
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env=slurm_env(), cwd=tmp_path, timeout=600
+        )
+    except subprocess.TimeoutExpired:
+        subprocess.run(["scancel", "--user", "root"], capture_output=True)
+        pytest.fail("the SLURM run did not finish in 10 minutes")
+    finally:
+        stop.set()
+        killer.join()
+    out = proc.stdout + proc.stderr
+    assert killed, f"no tiny-cnn embed process was seen running: {out[-3000:]}"
+    problems = []
+    # the user error: one SLURM job only; its retry is refused by sbatch before it is queued
+    vit = submissions(out, "embed", "tiny-vit_0000")
+    if len(vit) != 1:
+        problems.append(f"tiny-vit's embed was submitted {len(vit)} times: {vit}")
+    if "unrecognized option '--histofuse-user-error-not-retried" not in out:
+        problems.append("the retry after the user error was not refused at submission")
+    # ... and the job's own error line is on the console, not only SLURM's "Reason: ..."
+    shown = r"Logfile logs/embed/tiny-vit/0000.log:\n=+\nhistofuse: error: weights file"
+    if not re.search(shown, out):
+        problems.append("the failed job's log (`histofuse: error: …`) is not on the console")
+    # the killed job: submitted again, at twice the memory, and finished
+    cnn = submissions(out, "embed", "tiny-cnn_0000")
+    if [requested_memory(j) for j in cnn] != ["1000M", "2000M"]:
+        problems.append(
+            f"tiny-cnn's embed submissions {cnn} asked for "
+            f"{[requested_memory(j) for j in cnn]}, not 1000M then 2000M"
+        )
+    if not (tmp_path / "results/features/tiny-cnn/0000.manifest.json").is_file():
+        problems.append("tiny-cnn's retried embed did not finish")
+    assert proc.returncode != 0, out[-3000:]  # tiny-vit's features, hence the report, are missing
+    assert not problems, "\n".join(problems) + "\n" + out[-8000:]

@@ -18,6 +18,8 @@ rule bulk_fit:
         task=lambda w: BULK.task_json(w.task),
         head=lambda w: BULK.head_json(w.task, w.agg, w.head),
         cache_keys=lambda w: PLAN.cache_keys(w.task, w.features),
+    resources:
+        slurm_extra=refused_retry_after_user_error,
     benchmark:
         "logs/benchmark/bulk_fit/{task}/{features}/{agg}-{head}.tsv"
     log:

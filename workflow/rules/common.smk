@@ -120,3 +120,32 @@ def shard_tiles(wildcards):
     if config["tiling"]["jobs"] == "shard":
         return [f"results/tiles/shards/{wildcards.shard}"]
     return [f"results/tiles/{s}.parquet" for s in PLAN.shards[wildcards.shard]]
+
+
+# Retries (profiles/slurm: `retries: 1`) are for infrastructure failures. A job whose log ends
+# with a user error (`histofuse: error: …`) would fail the same way again: its retry gets a
+# `slurm_extra` that sbatch refuses at once, so no second job (for embed, a GPU at twice the
+# memory) is queued. Rules take it as `slurm_extra=refused_retry_after_user_error`.
+import time
+
+from histofuse.retry import refused_retry, user_error
+from snakemake.io import apply_wildcards
+from snakemake.logging import logger
+
+RUN_STARTED = time.time()
+_REFUSED_RETRIES = set()
+
+
+def refused_retry_after_user_error(wildcards, attempt, rulename):
+    """`slurm_extra` of a job: None, or on a retry after a user error an option sbatch refuses."""
+    if attempt <= 1:
+        return None
+    log = apply_wildcards(str(workflow.get_rule(rulename).log[0]), wildcards)
+    extra = refused_retry(log, attempt, RUN_STARTED)
+    if extra and log not in _REFUSED_RETRIES:
+        _REFUSED_RETRIES.add(log)
+        logger.warning(
+            f"{rulename} is not resubmitted: its log {log} ends with a user error, which a retry"
+            f" would repeat ({user_error(log, RUN_STARTED)}). Fix the cause and run again."
+        )
+    return extra

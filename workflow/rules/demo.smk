@@ -18,6 +18,8 @@ if config["demo"]["enabled"]:
             slides_per_patient=config["demo"]["slides_per_patient"],
             genes=config["demo"]["genes"],
             hest_bench=PLAN.demo_flags,
+        resources:
+            slurm_extra=refused_retry_after_user_error,
         benchmark:
             "logs/benchmark/demo_cohort/demo_cohort.tsv"
         log:

@@ -17,6 +17,7 @@ rule embed:
     threads: config["embed"]["threads"]
     resources:
         gpu=config["embed"]["gpu"],
+        slurm_extra=refused_retry_after_user_error,
     benchmark:
         "logs/benchmark/embed/{encoder}/{shard}.tsv"
     log:

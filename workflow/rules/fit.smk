@@ -18,6 +18,8 @@ rule fit:
         head=lambda w: PLAN.head_json(w.head),
         memory=PLAN.memory_flag,
         cache_keys=lambda w: PLAN.cache_keys(w.task, w.features),
+    resources:
+        slurm_extra=refused_retry_after_user_error,
     benchmark:
         "logs/benchmark/fit/{task}/{features}/{head}.tsv"
     log:

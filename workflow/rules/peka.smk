@@ -19,6 +19,7 @@ rule tokens:
     threads: config["embed"]["threads"]
     resources:
         gpu=config["embed"]["gpu"],
+        slurm_extra=refused_retry_after_user_error,
     benchmark:
         "logs/benchmark/tokens/{encoder}/{shard}.tsv"
     log:
@@ -51,6 +52,8 @@ rule peka:
         head=lambda w: PLAN.head_json(w.head),
         peka=PLAN.section_json("peka"),
         cache_keys=lambda w: PLAN.cache_keys(w.task, w.pfeatures),
+    resources:
+        slurm_extra=refused_retry_after_user_error,
     benchmark:
         "logs/benchmark/peka/{task}/{pfeatures}/{head}.tsv"
     log:

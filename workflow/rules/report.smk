@@ -41,6 +41,8 @@ rule report:
     params:
         out=parent_of_first_output,
         options=PLAN.section_json("report"),
+    resources:
+        slurm_extra=refused_retry_after_user_error,
     benchmark:
         "logs/benchmark/report/report.tsv"
     log:

@@ -22,6 +22,8 @@ if config["tiling"]["jobs"] == "sample":
             on_error=on_error_flag,
             mpp=mpp_flag,
             source=tile_source,
+        resources:
+            slurm_extra=refused_retry_after_user_error,
         benchmark:
             "logs/benchmark/tile/{sample}.tsv"
         log:
@@ -29,8 +31,8 @@ if config["tiling"]["jobs"] == "sample":
         conda:
             "../../envs/histofuse.yaml"
         shell:
-            "histofuse tile --sample {wildcards.sample} {params.source} --tiling {params.key:q} --on-error {params.on_error}"
-            " {params.mpp} --out {output.tiles:q} --qc {output.qc:q} --stats {output.stats:q}"
+            "histofuse tile --sample {wildcards.sample} {params.source} --tiling {params.key:q}"
+            " --on-error {params.on_error} {params.mpp} --out {output.tiles:q} --qc {output.qc:q} --stats {output.stats:q}"
             " > {log:q} 2>&1"
 
 else:
@@ -48,6 +50,8 @@ else:
             hest_bench=shard_hest_bench_flags,
             key=PLAN.tiling_key,
             on_error=on_error_flag,
+        resources:
+            slurm_extra=refused_retry_after_user_error,
         benchmark:
             "logs/benchmark/tile/{shard}.tsv"
         log:
@@ -56,4 +60,5 @@ else:
             "../../envs/histofuse.yaml"
         shell:
             "histofuse tile --sheet {input.sheet:q} {params.samples} {params.hest_bench}"
-            " --tiling {params.key:q} --on-error {params.on_error} --out-dir {output:q} > {log:q} 2>&1"
+            " --tiling {params.key:q} --on-error {params.on_error} --out-dir {output:q}"
+            " > {log:q} 2>&1"

@@ -13,9 +13,11 @@ bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
+from collections.abc import Sequence
 
 _DISK_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
 _DISK_FULL_TEXT = re.compile(r"no space left on device|disk quota exceeded", re.IGNORECASE)
@@ -71,15 +73,29 @@ def _path_of(exc: BaseException) -> str | None:
     return _shown_path(name) if name is not None else None
 
 
-def _disk_full(chain: list[BaseException]) -> str | None:
+def _full_outputs(outputs: list[str]) -> list[str]:
+    """The outputs whose file system has no free block left (all of them if none is found)."""
+    full = []
+    for out in outputs:
+        folder = os.path.abspath(out)
+        while not os.path.isdir(folder) and folder != os.path.dirname(folder):
+            folder = os.path.dirname(folder)
+        with contextlib.suppress(OSError):
+            if os.statvfs(folder).f_bavail == 0:
+                full.append(out)
+    return full or list(outputs)
+
+
+def _disk_full(chain: list[BaseException], outputs: list[str]) -> str | None:
     """The one-line message of a full disk or quota anywhere in the chain, else None."""
     for exc in chain:
         code = getattr(exc, "errno", None)
         found = _DISK_FULL_TEXT.search(str(exc))
         if code in _DISK_FULL or found:
             what = _DISK_FULL.get(code) or found.group(0).lower()
-            paths = [p for p in map(_path_of, chain) if p]
-            where = f" while writing {paths[0]}" if paths else ""
+            named = [_shown_path(e.filename) for e in chain if getattr(e, "filename", None)]
+            paths = named or _full_outputs(outputs)
+            where = f" while writing {', '.join(paths)}" if paths else ""
             return (
                 f"{what}{where}: free space on that disk, or point results/ at a larger one "
                 "(run from another folder or with snakemake --directory), then re-run"
@@ -112,17 +128,19 @@ def _bad_parquet(exc: BaseException) -> str | None:
     )
 
 
-def user_message(exc: BaseException) -> str | None:
+def user_message(exc: BaseException, outputs: Sequence[str] = ()) -> str | None:
     """The one-line message of a failure the user can fix, or None for a bug.
 
     Args:
         exc: An exception that ended a command.
+        outputs: The command's output paths; a full disk names those on a full file system
+            when the exception names no file (pyarrow's and zarr's do not).
 
     Returns:
         The message to print after ``histofuse: error:``, or None to keep the traceback.
     """
     chain = _chain(exc)
-    message = _disk_full(chain)
+    message = _disk_full(chain, list(outputs))
     if message is None and isinstance(exc, HistofuseError):
         message = str(exc)
     if message is None and isinstance(exc, OSError):

@@ -28,7 +28,7 @@ if config["tiling"]["jobs"] == "sample":
         conda:
             "../../envs/histofuse.yaml"
         shell:
-            "histofuse tile --sample {wildcards.sample} {params.source} --tiling {params.tiling:q}"
+            "histofuse tile --sample {wildcards.sample:q} {params.source} --tiling {params.tiling:q}"
             " {params.mpp} --out {output.tiles:q} --qc {output.qc:q} --stats {output.stats:q}"
             " > {log:q} 2>&1"
 

@@ -50,6 +50,14 @@ def document(value: str, flag: str) -> dict[str, Any]:
         ) from None
 
 
+_OUTPUT_FLAGS = ("out", "out_dir", "qc", "stats", "metrics", "predictions")
+
+
+def _outputs(args: argparse.Namespace) -> list[str]:
+    """The output paths given to a verb (a full disk names the ones on a full file system)."""
+    return [str(v) for f in _OUTPUT_FLAGS if (v := getattr(args, f, None)) is not None]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Returns the argument parser of the ``histofuse`` command."""
     from histofuse.cli import demo, embed, fit, report, tile
@@ -81,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.func(args)
     except Exception as exc:
-        message = user_message(exc)
+        message = user_message(exc, _outputs(args))
         if message is None:
             raise
         print(f"histofuse: error: {message}", file=sys.stderr)

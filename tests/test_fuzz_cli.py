@@ -330,12 +330,12 @@ def test_a_full_disk_ends_in_one_line(baseline, namespaces, tmp_path, verb, flag
 
 
 def test_the_installed_command_prints_one_line(tmp_path):
-    garbage = tmp_path / "weights é.pth"
-    garbage.write_bytes(b"\x80\x02" + os.urandom(200))
-    cmd = [BIN / "histofuse", "embed", "--encoder", "tiny-vit", "--tiles", tmp_path]
-    cmd += ["--out", tmp_path / "s.zarr", "--weights", garbage, "--embed", EMBED]
+    settings_file = tmp_path / "tiling é.yaml"
+    settings_file.write_bytes(b"patch_um: [1,\n\xff\xfe")
+    cmd = [BIN / "histofuse", "tile", "--sample", "A", "--slide", tmp_path / "a.tiff"]
+    cmd += ["--out", tmp_path / "a.parquet", "--tiling", settings_file]
     proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
-    assert_one_line(proc.returncode, proc.stderr, str(garbage))
+    assert_one_line(proc.returncode, proc.stderr, str(settings_file), "--tiling")
 
 
 # --- Snakemake: paths with spaces, and config errors -----------------------------------------

@@ -3,12 +3,21 @@
 # params up in PLAN (histofuse.plan) and their result paths in `paths` (histofuse.plan.paths).
 import os
 import shlex
+import sys
 
 from histofuse.config import load_schema, validate_config
+from histofuse.errors import HistofuseError, one_line
 from histofuse.plan import Plan, paths
 
-config = validate_config(config, load_schema())
-PLAN = Plan.from_config(config, paths.SHARD_REGISTRY)
+try:
+    config = validate_config(config, load_schema())
+    PLAN = Plan.from_config(config, paths.SHARD_REGISTRY)
+    # The parts checked when first asked for, asked for here so that their errors are caught too.
+    PLAN.tiling_spec, PLAN.bulk, PLAN.peka
+except HistofuseError as exc:
+    # One line, without the Python frames Snakemake prints for an exception in a Snakefile.
+    print(f"histofuse: error: {one_line(str(exc))}", file=sys.stderr)
+    sys.exit(2)
 SAMPLES = PLAN.samples
 
 
@@ -28,7 +37,7 @@ def weights_input(wildcards):
 
 def weights_flag(wildcards):
     source = config["weights"].get(wildcards.encoder)
-    return f"--weights {source}" if source else ""
+    return f"--weights {shlex.quote(source)}" if source else ""
 
 
 def embed_key(wildcards):
@@ -89,17 +98,18 @@ def mpp_flag(wildcards):
     if mpp is None or mpp != mpp:
         return ""
     source = SAMPLES.at[wildcards.sample, "mpp_source"] if "mpp_source" in SAMPLES else ""
-    return f"--mpp {mpp}" + (f" --mpp-source {source}" if isinstance(source, str) and source else "")
+    flag = f"--mpp {shlex.quote(str(mpp))}"
+    return flag + (f" --mpp-source {shlex.quote(source)}" if isinstance(source, str) and source else "")
 
 
 def shard_sample_flags(wildcards):
-    return " ".join(f"--sample {s}" for s in PLAN.shards[wildcards.shard])
+    return " ".join(f"--sample {shlex.quote(s)}" for s in PLAN.shards[wildcards.shard])
 
 
 def shard_hest_bench_flags(wildcards):
     members = set(PLAN.shards[wildcards.shard])
     return " ".join(
-        f"--hest-bench {task}={spec['hest_bench']}"
+        "--hest-bench " + shlex.quote(f"{task}={spec['hest_bench']}")
         for task, spec in config["tasks"].items()
         if spec.get("hest_bench") and members & set(PLAN.task_samples(task))
     )

@@ -25,7 +25,7 @@ rule embed:
     conda:
         "../../envs/histofuse.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} histofuse embed --encoder {wildcards.encoder}"
+        "OMP_NUM_THREADS={threads} histofuse embed --encoder {wildcards.encoder:q}"
         " --tiles {input.tiles:q} --out {output.store:q} {params.weights}"
         """ --embed '{{"batch_size": {params.batch_size}, "num_workers": {params.num_workers},"""
         """ "device": "{params.device}", "dtype": "{params.dtype}"}}' > {log:q} 2>&1"""

@@ -27,7 +27,7 @@ rule tokens:
     conda:
         "../../envs/histofuse.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} histofuse tokens --encoder {wildcards.encoder}"
+        "OMP_NUM_THREADS={threads} histofuse tokens --encoder {wildcards.encoder:q}"
         " --tiles {input.tiles:q} --out {output.store:q} --blocks {params.blocks} {params.weights}"
         " --dtype {params.dtype}"
         """ --embed '{{"batch_size": {params.batch_size}, "device": "{params.device}","""

@@ -31,8 +31,9 @@ if config["tiling"]["jobs"] == "sample":
         conda:
             "../../envs/histofuse.yaml"
         shell:
-            "histofuse tile --sample {wildcards.sample} {params.source} --tiling {params.key:q}"
-            " --on-error {params.on_error} {params.mpp} --out {output.tiles:q} --qc {output.qc:q} --stats {output.stats:q}"
+            "histofuse tile --sample {wildcards.sample:q} {params.source} --tiling {params.key:q}"
+            " --on-error {params.on_error} {params.mpp} --out {output.tiles:q} --qc {output.qc:q}"
+            " --stats {output.stats:q}"
             " > {log:q} 2>&1"
 
 else:

@@ -6,12 +6,13 @@ import argparse
 import json
 
 from histofuse import settings
+from histofuse.cli import document
 from histofuse.settings import Embed
 
 
 def _settings(args: argparse.Namespace) -> Embed:
     """The ``embed`` section given with ``--embed`` (a key left out takes the schema default)."""
-    return settings.load(Embed, "embed", settings.load_document(args.embed))
+    return settings.load(Embed, "embed", document(args.embed, "--embed"))
 
 
 def _embed(args: argparse.Namespace) -> None:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from histofuse.cli import document
+
 
 def _task(args: argparse.Namespace) -> Any:
     from histofuse import settings
 
-    doc = settings.load_document(args.task_json)
+    doc = document(args.task_json, "--task-json")
     return settings.load(settings.Task, "tasks", doc, label=f"tasks.{args.task}")
 
 
@@ -27,11 +29,10 @@ def _check_cache_keys(args: argparse.Namespace, stores: Any, dtype: str | None =
     """
     if args.cache_keys is None or not stores:
         return
-    from histofuse import settings
     from histofuse.errors import HistofuseError
     from histofuse.evaluation.features import stores_by_encoder
 
-    keys = settings.load_document(args.cache_keys)
+    keys = document(args.cache_keys, "--cache-keys")
     if not all(isinstance(k, dict) for k in keys.values()):
         raise HistofuseError("--cache-keys must map each encoder to its key parts (JSON)")
     if dtype is not None:
@@ -40,7 +41,6 @@ def _check_cache_keys(args: argparse.Namespace, stores: Any, dtype: str | None =
 
 
 def _fit(args: argparse.Namespace) -> None:
-    from histofuse import settings
     from histofuse.fit import fit_task
 
     _check_cache_keys(args, args.stores)
@@ -51,7 +51,7 @@ def _fit(args: argparse.Namespace) -> None:
         args.stores,
         args.features,
         args.head,
-        settings.load_document(args.head_params),
+        document(args.head_params, "--head-params"),
         args.metrics,
         args.predictions,
         memory_budget_mb=args.memory_budget_mb,
@@ -64,7 +64,7 @@ def _bulk_fit(args: argparse.Namespace) -> None:
 
     _check_cache_keys(args, args.stores)
     # The rule passes the table as --table, not in the task's document.
-    doc = {**settings.load_document(args.task_json), "table": args.table}
+    doc = {**document(args.task_json, "--task-json"), "table": args.table}
     fit_bulk_task(
         args.task,
         settings.load(settings.BulkTask, "bulk", doc, label=f"bulk.{args.task}"),
@@ -72,7 +72,7 @@ def _bulk_fit(args: argparse.Namespace) -> None:
         args.features,
         args.aggregation,
         args.head,
-        settings.load_document(args.head_params),
+        document(args.head_params, "--head-params"),
         args.metrics,
         args.predictions,
         stores=args.stores or (),
@@ -84,7 +84,7 @@ def _peka(args: argparse.Namespace) -> None:
     from histofuse import settings
     from histofuse.peka.run import peka_task
 
-    peka = settings.load(settings.Peka, "peka", settings.load_document(args.peka))
+    peka = settings.load(settings.Peka, "peka", document(args.peka, "--peka"))
     _check_cache_keys(args, args.stores)
     _check_cache_keys(args, args.token_stores, dtype=peka.tokens_dtype)
     peka_task(
@@ -93,7 +93,7 @@ def _peka(args: argparse.Namespace) -> None:
         args.samples,
         args.features,
         args.head,
-        settings.load_document(args.head_params),
+        document(args.head_params, "--head-params"),
         peka,
         args.metrics,
         args.predictions,

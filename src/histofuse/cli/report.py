@@ -7,14 +7,19 @@ import logging
 
 
 def _report(args: argparse.Namespace) -> None:
+    import json
+
+    from histofuse.cli import document
     from histofuse.report.build import build_report, parse_options
+
+    options = json.dumps(document(args.options, "--options"))
 
     summary = build_report(
         args.metrics,
         args.out,
         predictions=args.predictions or (),
         qc=args.qc or (),
-        options=parse_options(args.options),
+        options=parse_options(options),
     )
     logging.info("report: %d rows", len(summary))
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from histofuse.cli import document
 from histofuse.errors import HistofuseError
 
 if TYPE_CHECKING:
@@ -32,6 +33,8 @@ def _one_job(args: argparse.Namespace) -> TileJob:
             raise HistofuseError("tile --patches needs one --sample and --out")
     elif len(args.sample) != 1 or not (args.slide and args.out):
         raise HistofuseError("tile needs one --sample with --slide and --out")
+    if args.qc and Path(args.qc).suffix.lower() != ".png":
+        raise HistofuseError(f"tile --qc {args.qc}: the QC thumbnail is a PNG; end it in .png")
     return TileJob(
         sample=args.sample[0],
         source=args.patches or args.slide,
@@ -45,12 +48,16 @@ def _one_job(args: argparse.Namespace) -> TileJob:
 
 
 def _tile(args: argparse.Namespace) -> None:
-    from histofuse.settings import load_document, section
+    from histofuse.settings import section
     from histofuse.slides.mpp import MppLimits
     from histofuse.slides.run import tile_all, tile_patches, tile_sheet
     from histofuse.slides.spec import TilingSpec
 
-    tiling = section("tiling", load_document(args.tiling) if args.tiling else None)
+    if args.qc and Path(args.qc).suffix.lower() != ".png":
+        raise HistofuseError(
+            f"tile --qc {args.qc}: the QC thumbnail is a PNG; end its name in .png"
+        )
+    tiling = section("tiling", document(args.tiling, "--tiling") if args.tiling else None)
     if args.on_error:
         tiling["on_error"] = args.on_error
     spec = TilingSpec.from_config(tiling)

@@ -64,7 +64,9 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise HistofuseError(
-            f"weights file {path} could not be read as a checkpoint: {exc}"
+            f"weights file {path} could not be read as a checkpoint ({_load_failure(exc)}); "
+            "give a .safetensors file or a state dict saved with torch.save, re-downloaded if "
+            "it is truncated"
         ) from exc
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -78,6 +80,46 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
                 k = k[len(prefix) :]
         cleaned[k] = v
     return cleaned
+
+
+def _load_failure(exc: Exception) -> str:
+    """Why a checkpoint could not be read, in one short line.
+
+    torch's own message for a pickle that holds more than tensors advises loading it with
+    ``weights_only=False``, which runs arbitrary code from the file; histofuse never does, so
+    that message is replaced.
+    """
+    text = " ".join(str(exc).split())
+    if "weights_only" in text or "WeightsUnpickler" in text:
+        return "not a torch file of tensors only: corrupt, or it holds pickled objects"
+    if len(text) < 8:  # e.g. pickle's bare opcode number for garbage bytes
+        return f"{type(exc).__name__}: not a checkpoint file"
+    return f"{type(exc).__name__}: {text[:200]}"
+
+
+def _shape(value: object) -> tuple[int, ...] | None:
+    """The shape of a checkpoint entry (None for an entry that is not a tensor)."""
+    shape = getattr(value, "shape", None)
+    return tuple(shape) if shape is not None else None
+
+
+def _check_shapes(state: dict[str, torch.Tensor], trunk: nn.Module, path: Path, name: str) -> None:
+    """Refuses a checkpoint whose tensors have other shapes than the encoder's.
+
+    Raises:
+        HistofuseError: Naming the first mismatched key and both shapes.
+    """
+    own = trunk.state_dict()
+    wrong = [k for k, v in state.items() if k in own and _shape(v) != tuple(own[k].shape)]
+    if wrong:
+        key = wrong[0]
+        spec = get_spec(name)
+        raise HistofuseError(
+            f"weights file {path} does not fit encoder {name!r} ({spec.arch}): key {key!r} has "
+            f"shape {_shape(state[key])} in the file but {tuple(own[key].shape)} in the "
+            f"encoder ({len(wrong)} keys differ); the encoder named in the config must match "
+            "the checkpoint's architecture (see `histofuse encoders`)"
+        )
 
 
 _HF_BLOCK = {
@@ -308,6 +350,7 @@ def create_encoder(
         trunk = build_trunk(spec, device="meta")
         if any(b.is_meta for n, b in trunk.named_buffers() if n not in trunk.state_dict()):
             trunk = build_trunk(spec)
+        _check_shapes(state, trunk, path, name)
         missing, unexpected = trunk.load_state_dict(state, strict=False, assign=True)
         if missing or unexpected:
             raise HistofuseError(

@@ -142,7 +142,7 @@ def thumbnail_plan(
     downsamples: tuple[float, ...],
     dimensions: tuple[tuple[int, int], ...],
     target: float,
-    max_px: int = MAX_THUMBNAIL_PX,
+    max_px: int | None = None,
 ) -> tuple[int, int]:
     """Chooses the level to read and its integer shrink factor for a thumbnail.
 
@@ -151,11 +151,18 @@ def thumbnail_plan(
     ``target`` (any 4×-step pyramid has such a level). Otherwise it is shrunk by the largest
     factor that does not pass ``target``, raised further until the result fits ``max_px``.
 
+    Args:
+        downsamples: The slide's level downsamples.
+        dimensions: The slide's level sizes ``(width, height)``.
+        target: Level-0 px per thumbnail pixel wanted.
+        max_px: Most pixels of the thumbnail (``None``: :data:`MAX_THUMBNAIL_PX`).
+
     Returns:
         ``(level, factor)``.
     """
     from histofuse.slides.wsi import best_level
 
+    max_px = MAX_THUMBNAIL_PX if max_px is None else max_px
     level = best_level(downsamples, target)
     w, h = dimensions[level]
     factor = max(1, math.floor(target / downsamples[level] + 1e-6))

@@ -21,7 +21,7 @@ from PIL import Image
 
 from histofuse.slides import tissue as tissue_mod
 from histofuse.slides.spec import TilingSpec
-from histofuse.slides.tissue import detect_tissue, tissue_mask
+from histofuse.slides.tissue import detect_tissue
 from histofuse.slides.wsi import best_level
 
 SIDE = 20_000
@@ -133,6 +133,8 @@ def test_pyramid_slide_mask_is_the_whole_level_mask(demo_slide):
     """On a pyramid, the mask is computed on the whole best level, read at once, as before."""
     from skimage.color import rgb2hsv
 
+    from histofuse.slides.tissue import tissue_mask, tissue_score
+
     spec = TilingSpec.from_config()
     with openslide.OpenSlide(demo_slide) as slide:
         mpp = float(slide.properties[openslide.PROPERTY_NAME_MPP_X])
@@ -145,8 +147,6 @@ def test_pyramid_slide_mask_is_the_whole_level_mask(demo_slide):
     assert n_levels > 1 and m.level == level and m.downsample == ds
     assert np.array_equal(m.rgb, rgb) and m.warnings == ()
     # the saturation score is skimage's HSV saturation, float for float
-    from histofuse.slides.tissue import tissue_score
-
     assert np.array_equal(tissue_score(rgb, "saturation"), rgb2hsv(rgb)[..., 1])
     assert np.array_equal(m.mask, tissue_mask(rgb, mpp * ds, spec.tissue)[0])
     assert 0.05 < m.fraction < 0.95
@@ -169,7 +169,7 @@ def test_thumbnail_plan_reads_a_small_level_whole_and_shrinks_the_rest():
 def test_block_thumbnail_is_the_area_mean_of_the_level(demo_slide, monkeypatch, caplog):
     """Built from blocks (some partial), the thumbnail equals the whole level shrunk at once,
     and its tissue mask agrees with the mask of the pyramid level of the same scale."""
-    from histofuse.slides.tissue import slide_rgb
+    from histofuse.slides.tissue import slide_rgb, tissue_mask
 
     monkeypatch.setattr(tissue_mod, "BLOCK_PX", 200)  # 192- and 196-px blocks (at 16× and 28×)
     monkeypatch.setattr(tissue_mod, "PROGRESS_S", 0.0)  # a progress line per row of blocks

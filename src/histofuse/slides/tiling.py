@@ -163,13 +163,9 @@ def tile_sample(
         n_candidates=n_candidates,
         n_dropped_tissue=n_candidates - len(table),
         min_tissue=threshold,
-        tissue_fraction=tissue.fraction,
         spots_on_tissue=on_tissue,
         min_spots_on_tissue=min_spots_on_tissue if on_tissue is not None else None,
-        tissue_level=tissue.level,
-        tissue_downsample=tissue.downsample,
-        tissue_threshold=tissue.threshold,
-        warnings=[*tissue.warnings],
+        **tissue.to_meta(),
         timings=timings,
     )
     return table, meta, tissue

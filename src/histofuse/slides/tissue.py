@@ -81,6 +81,16 @@ class TissueMask:
     rgb: np.ndarray
     warnings: tuple[str, ...] = ()
 
+    def to_meta(self) -> dict[str, Any]:
+        """The fields recorded in the tiles' metadata and stats (``warnings``: a list)."""
+        return {
+            "tissue_fraction": self.fraction,
+            "tissue_level": self.level,
+            "tissue_downsample": self.downsample,
+            "tissue_threshold": self.threshold,
+            "warnings": [*self.warnings],
+        }
+
     @property
     def fraction(self) -> float:
         """Fraction of the slide covered by tissue."""

@@ -308,7 +308,8 @@ def write_stats(meta: dict[str, Any], out: str | Path, **extra: Any) -> None:
         "tissue_fraction", "tissue_level", "tissue_downsample", "spots_on_tissue",
         "min_spots_on_tissue", "timings", "tiling", "warnings",
     )  # fmt: skip
-    write_text(json.dumps({**{k: meta.get(k) for k in keys}, **extra}, indent=2) + "\n", out)
+    stats = {**{k: meta.get(k) for k in keys}, "warnings": meta.get("warnings") or [], **extra}
+    write_text(json.dumps(stats, indent=2) + "\n", out)
 
 
 def write_tiles(table: pd.DataFrame, meta: dict[str, Any], out: str | Path) -> None:

@@ -105,7 +105,9 @@ def _tile_checked(
         job.mpp_source,
         min_spots_on_tissue=limits.min_spots_on_tissue,
     )
+    slide_warnings = meta.get("warnings") or []  # logged when found (no pyramid)
     meta.update(checked.to_meta())
+    meta["warnings"] = [*checked.warnings, *slide_warnings]
     for warning in checked.warnings:
         print(f"histofuse: warning: sample {job.sample}: {warning}", file=sys.stderr)
     return table, meta, mask, checked
@@ -145,7 +147,7 @@ def tile_one(
     meta["sample"] = job.sample
     write_tiles(table, meta, job.out)
     write_qc(table, meta, mask, job.qc_out)
-    write_stats(meta, job.stats_out, **checked.to_meta())
+    write_stats(meta, job.stats_out, **{**checked.to_meta(), "warnings": meta["warnings"]})
     logging.info(
         "%s: %d %s tiles (%d dropped for tissue < %g) of %d px at %.4g µm/px"
         " (slide %.4g µm/px from %s, resampled %.3g×)",

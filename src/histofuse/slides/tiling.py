@@ -137,7 +137,7 @@ def tile_sample(
         level = best_level(tuple(slide.level_downsamples), target_ds)
         ds = float(slide.level_downsamples[level])
         timings["open"] = time.perf_counter() - t0
-        tissue = detect_tissue(slide, mpp.x, spec.tissue)
+        tissue = detect_tissue(slide, mpp.x, spec.tissue, str(slide_path))
         timings["tissue"] = time.perf_counter() - t0 - timings["open"]
     size0 = spec.patch_um / mpp.x
     table = _candidates(slide_path, spec, expression, mpp, size0, (width, height))
@@ -163,11 +163,9 @@ def tile_sample(
         n_candidates=n_candidates,
         n_dropped_tissue=n_candidates - len(table),
         min_tissue=threshold,
-        tissue_fraction=tissue.fraction,
         spots_on_tissue=on_tissue,
         min_spots_on_tissue=min_spots_on_tissue if on_tissue is not None else None,
-        tissue_level=tissue.level,
-        tissue_threshold=tissue.threshold,
+        **tissue.to_meta(),
         timings=timings,
     )
     return table, meta, tissue
@@ -300,14 +298,18 @@ def write_qc(
 
 
 def write_stats(meta: dict[str, Any], out: str | Path, **extra: Any) -> None:
-    """Writes the per-sample tiling summary (counts, µm/px and its source, timings) as JSON."""
+    """Writes the per-sample tiling summary (counts, µm/px and its source, timings) as JSON.
+
+    ``warnings`` (e.g. a slide without a pyramid, a doubtful µm/px) is a list, empty if none.
+    """
     keys = (
         "sample", "slide", "mpp_x", "mpp_y", "mpp_source", "effective_mpp", "read_level",
         "read_downsample", "n_tiles", "n_candidates", "n_dropped_tissue", "min_tissue",
-        "tissue_fraction", "tissue_level", "spots_on_tissue", "min_spots_on_tissue",
-        "timings", "tiling",
+        "tissue_fraction", "tissue_level", "tissue_downsample", "spots_on_tissue",
+        "min_spots_on_tissue", "timings", "tiling", "warnings",
     )  # fmt: skip
-    write_text(json.dumps({**{k: meta.get(k) for k in keys}, **extra}, indent=2) + "\n", out)
+    stats = {**{k: meta.get(k) for k in keys}, "warnings": meta.get("warnings") or [], **extra}
+    write_text(json.dumps(stats, indent=2) + "\n", out)
 
 
 def write_tiles(table: pd.DataFrame, meta: dict[str, Any], out: str | Path) -> None:

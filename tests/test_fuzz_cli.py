@@ -194,17 +194,13 @@ FILE_ARGS = [
 KINDS = ["missing", "folder", "garbage", "truncated", "empty"]
 # A folder is a valid --tiles (a shard's tiling folder); an empty settings file means defaults.
 SKIP = {("--tiles", "folder"), ("--task-json", "empty")}
-# cache/manifest.py's read_manifest lets a manifest that is not JSON through as a traceback.
-MANIFEST = pytest.mark.xfail(strict=True, reason="read_manifest: a damaged manifest tracebacks")
 
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(("verb", "flag", "key"), FILE_ARGS)
-def test_a_spoiled_input_ends_in_one_line(baseline, tmp_path, request, verb, flag, key, kind):
+def test_a_spoiled_input_ends_in_one_line(baseline, tmp_path, verb, flag, key, kind):
     if (flag, kind) in SKIP:
         pytest.skip("a valid input")
-    if flag == "--stores" and kind in ("garbage", "truncated", "empty"):
-        request.applymarker(MANIFEST)
     args = argv_of(verb, baseline, tmp_path)
     args[flag] = [spoil(kind, baseline[key], tmp_path)]
     assert_one_line(*run_cli(flat(verb, args)))
@@ -217,6 +213,19 @@ def test_an_output_under_a_file_ends_in_one_line(baseline, tmp_path, verb):
     flag = "--metrics" if verb == "fit" else "--out"
     args[flag] = [tmp_path / "a file" / "out é.parquet"]
     assert_one_line(*run_cli(flat(verb, args)), "a file")
+
+
+@pytest.mark.parametrize("verb", ["tile", "fit"])
+def test_a_device_or_pipe_given_as_output_is_never_replaced(baseline, tmp_path, verb):
+    """Outputs are renamed over their path: a pipe (as `/dev/null` or `/dev/full`) is refused."""
+    import stat
+
+    pipe = tmp_path / "pipe.parquet"
+    os.mkfifo(pipe)
+    args = argv_of(verb, baseline, tmp_path)
+    args["--metrics" if verb == "fit" else "--out"] = [pipe]
+    assert_one_line(*run_cli(flat(verb, args)), "is a device, pipe or socket")
+    assert stat.S_ISFIFO(pipe.stat().st_mode)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")

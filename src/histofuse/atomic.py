@@ -9,11 +9,27 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from histofuse.errors import HistofuseError
+
+
+def _refuse_special(path: Path) -> None:
+    """Refuses to replace a device, pipe or socket (``/dev/null`` given as an output)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:  # none yet (or unreadable: the write reports it)
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise HistofuseError(
+            f"output {path} is a device, pipe or socket, which a result never replaces; "
+            "give a file path"
+        )
 
 
 @contextmanager
@@ -25,6 +41,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     is removed and the exception propagates; ``path`` is left as it was.
     """
     path = Path(path)
+    _refuse_special(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
     try:

@@ -83,7 +83,11 @@ def load_document(text_or_path: str | Path) -> dict[str, Any]:
         raise HistofuseError(f"settings file {path} does not exist (give JSON or a file path)")
     import yaml
 
-    doc = yaml.safe_load(path.read_text()) or {}
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        reason = " ".join(str(exc).split())
+        raise HistofuseError(f"settings file {path} is not valid JSON or YAML: {reason}") from None
     if not isinstance(doc, dict):
         raise HistofuseError(f"settings file {path} must hold a mapping of keys")
     return doc

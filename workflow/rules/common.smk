@@ -14,6 +14,7 @@ try:
     PLAN = Plan.from_config(config, paths.SHARD_REGISTRY)
     # The parts checked when first asked for, asked for here so that their errors are caught too.
     PLAN.tiling_spec, PLAN.bulk, PLAN.peka
+    [PLAN.weights_sha256(encoder) for encoder in config["weights"]]
 except HistofuseError as exc:
     # One line, without the Python frames Snakemake prints for an exception in a Snakefile.
     print(f"histofuse: error: {one_line(str(exc))}", file=sys.stderr)

@@ -65,7 +65,15 @@ def read_manifest(store: str | Path) -> dict[str, Any]:
         raise HistofuseError(
             f"feature store {store} is missing or unfinished (no {man.name}); re-run its embed job"
         )
-    manifest = json.loads(man.read_text())
+    try:
+        manifest = json.loads(man.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        manifest = None
+    if not isinstance(manifest, dict):
+        raise HistofuseError(
+            f"feature store {store}: its manifest {man} is damaged (not a JSON object); "
+            f"{rebuild_hint(store)}"
+        )
     _check_format(store, manifest.get("format_version"))
     return manifest
 

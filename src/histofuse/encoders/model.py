@@ -15,20 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from histofuse.digests import sha256_file
 from histofuse.encoders.layers import resolve_kwargs
 from histofuse.encoders.registry import EncoderSpec, get_spec
 from histofuse.errors import HistofuseError
 
 _STRIP_PREFIXES = ("module.", "model.", "trunk.", "backbone.")
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Returns the hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def sha256_state_dict(module: nn.Module) -> str:

@@ -2,7 +2,9 @@
 
 Patient-level schemes (``patient-kfold``, ``leave-one-patient-out``, ``official``) keep all spots
 of a patient on one side of a fold; ``spot-kfold`` and ``repeated-kfold`` are spot-level as in
-PEKA (spots of one sample on both sides).
+PEKA (spots of one sample on both sides: neighbouring spots share tissue and expression, so their
+scores overstate, :func:`split_warnings`); ``spatial-block`` cuts each section into square blocks
+of ``block_um`` µm and keeps every block on one side (for single-section studies).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
+import pandas as pd
 
 from histofuse.errors import HistofuseError
 
@@ -18,8 +21,74 @@ SCHEMES = (
     "leave-one-patient-out",
     "spot-kfold",
     "repeated-kfold",
+    "spatial-block",
     "official",
 )
+
+#: Schemes that put spots of one section on both sides of a fold.
+SPOT_SCHEMES = ("spot-kfold", "repeated-kfold")
+
+
+def split_warnings(split: dict) -> list[str]:
+    """The warnings a ``split`` config earns: a spot-level scheme leaks between neighbours."""
+    scheme = split.get("scheme", "patient-kfold")
+    if scheme not in SPOT_SCHEMES:
+        return []
+    return [
+        f"split scheme {scheme!r} puts neighbouring spots of one section on both sides of a fold; "
+        "they share tissue and expression, so its scores overstate how a model does on unseen "
+        "tissue; use `spatial-block` (blocks of `split.block_um` µm) or a patient-level scheme"
+    ]
+
+
+def spatial_blocks(sections: np.ndarray, xy_um: np.ndarray, block_um: float) -> np.ndarray:
+    """Block id per spot: squares of ``block_um`` µm from the slide's origin, per section."""
+    cells = np.floor(np.asarray(xy_um, dtype=float) / block_um).astype(np.int64)
+    keys = pd.DataFrame({"section": sections, "bx": cells[:, 0], "by": cells[:, 1]})
+    return keys.groupby(["section", "bx", "by"], sort=False).ngroup().to_numpy()
+
+
+def spots_um(sheet: pd.DataFrame, samples: np.ndarray, xy_px: np.ndarray) -> np.ndarray:
+    """Spot centres in µm from level-0 pixels (the cache's ``x, y``), as tiling scaled them.
+
+    Each sample's µm/px is the sheet's ``mpp`` where set, else its slide's metadata.
+    """
+    from histofuse.slides.wsi import Mpp, open_slide, slide_mpp
+
+    xy = np.asarray(xy_px, dtype=float).copy()
+    for sample in pd.unique(samples):
+        override = sheet.at[sample, "mpp"] if "mpp" in sheet else None
+        if override is not None and override == override:
+            mpp = Mpp(float(override), float(override), "override")
+        else:
+            with open_slide(sheet.at[sample, "slide"]) as slide:
+                mpp = slide_mpp(slide, sheet.at[sample, "slide"])
+        xy[samples == sample] *= (mpp.x, mpp.y)
+    return xy
+
+
+def block_splits(
+    sections: np.ndarray, xy_um: np.ndarray | None, split: dict, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``spatial-block`` folds: scikit-learn's GroupKFold over the blocks, shuffled by ``seed``.
+
+    Raises:
+        HistofuseError: Without spot positions, or with fewer blocks than folds.
+    """
+    from sklearn.model_selection import GroupKFold
+
+    if xy_um is None:
+        raise HistofuseError("split scheme 'spatial-block' needs the spots' positions in µm")
+    block_um, n_folds = float(split.get("block_um", 500.0)), int(split.get("n_folds", 5))
+    blocks = spatial_blocks(sections, xy_um, block_um)
+    n_blocks = int(blocks.max()) + 1 if len(blocks) else 0
+    if n_blocks < n_folds:
+        raise HistofuseError(
+            f"split scheme 'spatial-block': the spots fill {n_blocks} blocks of {block_um:g} µm, "
+            f"fewer than `split.n_folds` {n_folds}; set a smaller `split.block_um` or fewer folds"
+        )
+    splitter = GroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(blocks)), groups=blocks))
 
 
 def patient_splits(
@@ -55,16 +124,18 @@ def task_splits(
     patients: np.ndarray,
     samples: np.ndarray,
     seed: int,
+    xy_um: np.ndarray | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Folds of a task's ``split`` config.
 
     Args:
-        split: ``scheme``, ``n_folds``, ``n_repeats`` (``repeated-kfold``) and ``dir``
-            (``official``: a folder of ``train_{i}.csv`` / ``test_{i}.csv`` with a ``sample_id``
-            column, as HEST-Benchmark ships them).
+        split: ``scheme``, ``n_folds``, ``n_repeats`` (``repeated-kfold``), ``block_um``
+            (``spatial-block``) and ``dir`` (``official``: a folder of ``train_{i}.csv`` /
+            ``test_{i}.csv`` with a ``sample_id`` column, as HEST-Benchmark ships them).
         patients: Patient id per row.
-        samples: Sample id per row.
-        seed: Shuffling seed of the spot-level schemes.
+        samples: Sample (section) id per row.
+        seed: Shuffling seed of the spot-level and block schemes.
+        xy_um: Spot centres in µm (rows × 2), for ``spatial-block``.
 
     Raises:
         HistofuseError: For an unknown scheme or unusable split files.
@@ -81,6 +152,8 @@ def task_splits(
     if scheme == "repeated-kfold":
         reps = int(split.get("n_repeats", 10))
         return list(RepeatedKFold(n_splits=n_folds, n_repeats=reps, random_state=seed).split(rows))
+    if scheme == "spatial-block":
+        return block_splits(samples, xy_um, split, seed)
     if scheme == "official":
         return _official(split.get("dir"), samples)
     raise HistofuseError(f"unknown split scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
@@ -88,8 +161,6 @@ def task_splits(
 
 def _official(folder: str | None, samples: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     from pathlib import Path
-
-    import pandas as pd
 
     if not folder:
         raise HistofuseError("split scheme 'official' needs `split.dir`, the folder of split CSVs")

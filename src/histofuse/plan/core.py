@@ -20,6 +20,7 @@ import pandas as pd
 from histofuse.errors import HistofuseError
 from histofuse.plan import demo as demo_plan
 from histofuse.plan import names, paths
+from histofuse.plan.design import check_splits
 from histofuse.plan.heads import check_heads
 
 if TYPE_CHECKING:
@@ -244,7 +245,9 @@ class Plan:
         samples, shards = plan_samples(config, demo, read_registry(registry))
         feature_sets = plan_feature_sets(config)
         check_tasks(config, samples)
-        return cls(config, samples, shards, feature_sets, demo)
+        plan = cls(config, samples, shards, feature_sets, demo)
+        check_splits(plan)  # a split the sheet cannot fill stops here, not after embedding
+        return plan
 
     def save_registry(self, path: str | Path) -> None:
         """Writes the shard assignment (atomically) so later runs keep it."""

@@ -151,6 +151,7 @@ class Split:
     scheme: str
     n_folds: int
     n_repeats: int
+    block_um: float
     dir: str | None
 
 

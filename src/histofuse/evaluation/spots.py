@@ -93,7 +93,7 @@ class SpotRows:
 
     def folds(self) -> list[Fold]:
         """The task's splits for every seed (patients and, for official splits, split ids)."""
-        from histofuse.evaluation.splits import task_splits
+        from histofuse.evaluation.splits import spots_um, task_splits
 
         sample_ids = self.index["sample"].to_numpy()
         patients = self.sheet.loc[sample_ids, "patient_id"].to_numpy()
@@ -103,10 +103,13 @@ class SpotRows:
             else sample_ids
         )
         split = settings.to_dict(self.task.split)
+        xy_um = None
+        if split["scheme"] == "spatial-block":
+            xy_um = spots_um(self.sheet, sample_ids, self.index[["x", "y"]].to_numpy())
         return [
             Fold(seed, k, train, test)
             for seed in self.task.seed_list
-            for k, (train, test) in enumerate(task_splits(split, patients, groups, seed))
+            for k, (train, test) in enumerate(task_splits(split, patients, groups, seed, xy_um))
         ]
 
     def targets(self, genes: list[str]) -> np.ndarray:
@@ -132,9 +135,12 @@ class SpotRows:
         return []
 
     def meta(self) -> dict[str, Any]:
-        """The task's settings and what was left out."""
+        """The task's settings, the split's warnings and what was left out."""
+        from histofuse.evaluation.splits import split_warnings
+
         return {
             "task": settings.to_dict(self.task),
+            "warnings": split_warnings(settings.to_dict(self.task.split)),
             "dropped_spots": self.dropped,
             "missing_samples": self.failed,
         }

@@ -66,7 +66,8 @@ def check_splits(plan: Plan) -> list[str]:
             raise HistofuseError(problem)
         for message in split_warnings(spec["split"]):
             given.append(f"task {task}: {message}")
-            warnings.warn(given[-1], LeakWarning, stacklevel=2)
-            if logging.getLogger(RUN_LOG).handlers:
+            if logging.getLogger(RUN_LOG).handlers:  # under Snakemake: one line in its log
                 logging.getLogger(RUN_LOG).warning(given[-1])
+            else:
+                warnings.warn(given[-1], LeakWarning, stacklevel=2)
     return given

@@ -232,6 +232,23 @@ def test_slide_metadata_wins_and_a_disagreeing_pitch_is_recorded(demo, tmp_path)
     assert "spot pitch" in stats["warnings"][0] and "by 20%" in stats["warnings"][0]
 
 
+def test_a_default_72_dpi_tag_gives_way_to_the_spot_pitch(demo, tmp_path):
+    from histofuse.slides.mpp import MppLimits
+    from histofuse.slides.run import TileJob, tile_one
+    from histofuse.slides.spec import TilingSpec
+
+    outs = write_outs(tmp_path, demo["adata"], "h5", "new")
+    slide = shutil.copy(demo["slide"], tmp_path / "export.tiff")
+    with tifffile.TiffFile(slide, mode="r+b") as tif:  # 28.35 px/cm: 72 dpi, no real µm/px
+        tif.pages[0].tags["XResolution"].overwrite((2835, 100))
+        tif.pages[0].tags["YResolution"].overwrite((2835, 100))
+    job = TileJob("S1", str(slide), tmp_path / "S1.parquet", expression=str(outs))
+    tile_one(job, TilingSpec.from_config(SPOTS), "stop", MppLimits.from_config({}))
+    stats = json.loads(job.stats_out.read_text())
+    assert stats["mpp_source"] == "spaceranger-spot-pitch" and stats["mpp_slide"] is None
+    assert stats["mpp_x"] == pytest.approx(MPP, rel=0.01) and stats["warnings"] == []
+
+
 def test_sheet_row_pointing_at_outs_tiles_through_the_cli(demo, tmp_path):
     from histofuse.slides.tiling import read_tiles
 

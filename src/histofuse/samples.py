@@ -17,9 +17,10 @@ OPTIONAL = ("expression", "mpp", "tasks")
 def load_samples(path: str | Path, check_files: bool = True) -> pd.DataFrame:
     """Reads and validates a sample sheet (TSV), or builds it from a HEST-1k folder.
 
-    Columns: ``sample_id``, ``patient_id``, ``slide`` (required), ``expression`` (``.h5ad``,
-    for spot tasks), ``mpp`` (a µm/px override) and ``tasks`` (task names separated by commas;
-    empty: every task) (optional). Relative paths resolve against the sheet's folder.
+    Columns: ``sample_id``, ``patient_id``, ``slide`` (required), ``expression`` (``.h5ad``, or
+    a Space Ranger ``outs/`` folder; for spot tasks), ``mpp`` (a µm/px override) and ``tasks``
+    (task names separated by commas; empty: every task) (optional). Relative paths resolve
+    against the sheet's folder.
 
     Args:
         path: The sheet, or a HEST-1k style folder (see :func:`histofuse.hest.read_hest1k`).
@@ -63,6 +64,11 @@ def _read_sheet(path: Path) -> pd.DataFrame:
         df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     except Exception as exc:
         raise HistofuseError(f"sample sheet {path} is not a readable TSV: {exc}") from exc
+    if len(df.columns) == 1 and "," in df.columns[0]:
+        raise HistofuseError(
+            f"sample sheet {path} must be tab-separated (it looks comma-separated); save it "
+            "with tabs between the columns"
+        )
     if not isinstance(df.index, pd.RangeIndex):  # pandas took the extra field(s) as an index
         raise HistofuseError(
             f"sample sheet {path}, row 2 has more tab-separated fields than the header "
@@ -135,10 +141,27 @@ def _resolve_paths(df: pd.DataFrame, path: Path, check_files: bool) -> None:
             continue
         for i, v in zip(df.index, df[col], strict=True):
             if v and not os.path.isfile(v):
-                raise HistofuseError(
-                    f"sample sheet {path}, row {i + 2} ({df.at[i, 'sample_id']}): "
-                    f"{col} file {v} does not exist"
-                )
+                _check_folder(df, path, i, col)
+
+
+def _check_folder(df: pd.DataFrame, path: Path, i: int, col: str) -> None:
+    """A sheet path that is not a file: a Space Ranger ``outs/`` folder (``expression``), or none.
+
+    Raises:
+        HistofuseError: Naming the row, if the path does not exist or is a folder that is not
+            a Space Ranger output.
+    """
+    from histofuse.data.spaceranger import check_outs
+
+    where = f"sample sheet {path}, row {i + 2} ({df.at[i, 'sample_id']})"
+    v = df.at[i, col]
+    if col == "expression" and os.path.isdir(v):
+        try:
+            check_outs(v)
+        except HistofuseError as exc:
+            raise HistofuseError(f"{where}: {exc}") from None
+        return
+    raise HistofuseError(f"{where}: {col} file {v} does not exist")
 
 
 def sheet_schema() -> dict:

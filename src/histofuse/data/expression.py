@@ -1,4 +1,4 @@
-"""Spot expression from AnnData files: counts for given barcodes, gene selection, transforms."""
+"""Spot expression from .h5ad files or Space Ranger folders: counts, gene selection, transforms."""
 
 from __future__ import annotations
 
@@ -18,14 +18,23 @@ BARCODES_FIX = "each spot needs its own barcode (obs_names); drop or rename the 
 COUNT_TRANSFORMS = ("log1p", "log1p_cpm", "log2_cp10k")
 
 
-def read_h5ad(path: Path, backed: str | None = None) -> Any:
-    """Opens an ``.h5ad`` quietly about repeated names (:func:`check_unique` refuses them).
+def read_expression(path: str | Path, backed: str | None = None) -> Any:
+    """Opens an expression file: an ``.h5ad``, or a Space Ranger ``outs/`` folder.
+
+    An ``.h5ad`` is opened quietly about repeated names (:func:`check_unique` refuses them); a
+    folder is read by :func:`histofuse.data.spaceranger.read_outs` (in memory; ``backed`` does
+    not apply).
 
     Raises:
-        HistofuseError: If the file is not a readable ``.h5ad``.
+        HistofuseError: If the file is not a readable ``.h5ad`` or the folder not a readable
+            Space Ranger output.
     """
     import anndata
 
+    from histofuse.data.spaceranger import is_outs, read_outs
+
+    if is_outs(path):
+        return read_outs(path)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*names are not unique")
@@ -96,10 +105,10 @@ def read_counts(
     transform: str = "none",
     integer_counts: bool = True,
 ) -> pd.DataFrame:
-    """Reads raw counts (spots × genes) from an ``.h5ad``, optionally for given barcodes in order.
+    """Reads raw counts (spots × genes), optionally for given barcodes in order.
 
     Args:
-        expression: The ``.h5ad`` file.
+        expression: The ``.h5ad`` file, or a Space Ranger ``outs/`` folder.
         barcodes: The spots to return, in order (``None``: every spot of the file).
         transform: The task's target transform: a counts transform refuses values that are not
             raw counts (see :func:`check_counts`).
@@ -112,7 +121,7 @@ def read_counts(
     from scipy import sparse
 
     path = Path(expression)
-    adata = read_h5ad(path)
+    adata = read_expression(path)
     check_unique(adata.var_names, path, "gene names", GENES_FIX)
     check_unique(adata.obs_names, path, "barcodes", BARCODES_FIX)
     stored = adata.X.data if sparse.issparse(adata.X) else adata.X  # sparse: its non-zeros

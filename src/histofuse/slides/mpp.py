@@ -11,6 +11,11 @@ implausible cases stop the sample with an error naming the slide and the sheet's
 
 A sheet override that disagrees with the slide's own metadata by more than
 ``tiling.mpp_disagreement`` is allowed (the override wins) but recorded as a warning.
+
+A sample whose expression is a Space Ranger ``outs/`` folder has a third value: the spot pitch
+(:func:`spot_pitch_mpp`). It is used when there is neither an override nor metadata (or only a
+default resolution tag), and is recorded as ``mpp_spot_pitch``; when the µm/px used differs from
+it by more than ``tiling.mpp_disagreement`` a warning is recorded.
 """
 
 from __future__ import annotations
@@ -86,20 +91,37 @@ class MppCheck:
         upsample: Level-0 µm/px ÷ target µm/px: above 1, each slide pixel spans that many
             patch pixels.
         warnings: Messages recorded in the tile stats.
+        spot_pitch_mpp: The µm/px of the Space Ranger spot pitch, or ``None`` (not Space Ranger).
     """
 
     mpp: Mpp
     slide_mpp: float | None
     upsample: float
     warnings: tuple[str, ...]
+    spot_pitch_mpp: float | None = None
 
     def to_meta(self) -> dict[str, Any]:
         """The fields recorded in the tiles' metadata and stats."""
         return {
             "mpp_slide": self.slide_mpp,
+            "mpp_spot_pitch": self.spot_pitch_mpp,
             "upsample": self.upsample,
             "warnings": [*self.warnings],
         }
+
+
+def spot_pitch_mpp(expression: str | Path | None) -> Mpp | None:
+    """The µm/px a Space Ranger ``outs/`` folder's spot pitch gives; ``None`` for an ``.h5ad``.
+
+    Raises:
+        HistofuseError: If the folder's tissue positions are missing or cannot give a pitch.
+    """
+    from histofuse.data.spaceranger import MPP_SOURCE, is_outs, pitch_mpp
+
+    if not is_outs(expression):
+        return None
+    value = pitch_mpp(expression)  # type: ignore[arg-type]
+    return Mpp(value, value, MPP_SOURCE)
 
 
 def default_dpi(mpp: float) -> int | None:
@@ -116,6 +138,7 @@ def check_mpp(
     limits: MppLimits,
     override: float | None = None,
     override_source: str = "override",
+    fallback: Mpp | None = None,
 ) -> MppCheck:
     """Reads a slide's µm/px as tiling will and refuses implausible values.
 
@@ -125,6 +148,9 @@ def check_mpp(
         limits: The plausibility limits.
         override: The sheet's ``mpp`` for this sample, if any.
         override_source: Where ``override`` came from.
+        fallback: A µm/px measured from the data (the Space Ranger spot pitch), used when there
+            is no override and the slide has no believable µm/px of its own; the value used is
+            checked against it.
 
     Returns:
         The µm/px used, the slide's own, the upsampling factor and any warnings.
@@ -138,13 +164,15 @@ def check_mpp(
     with open_slide(slide_path) as slide:
         own = metadata_mpp(slide.properties)
         if own is not None and default_dpi(own[0]):
-            if not has_override:
+            if not has_override and fallback is None:
                 raise HistofuseError(
                     f"slide {slide_path}: its µm/px {own[0]:.2f} (from {own[2]}) is the "
                     f"{default_dpi(own[0])}-dpi default resolution tag image tools write, not a "
                     f"scanned µm/px; {_FIX}"
                 )
             own = None
+        if not has_override and own is None and fallback is not None:
+            override, override_source = fallback.x, fallback.source
         mpp = slide_mpp(slide, slide_path, override, override_source)
     _check_range(slide_path, mpp, limits)
     upsample = mpp.x / target_mpp
@@ -162,7 +190,23 @@ def check_mpp(
             f"slide's own {own[0]:.4g} µm/px (from {own[2]}) by {abs(mpp.x / own[0] - 1):.0%}; "
             "the sheet's value is used"
         )
-    return MppCheck(mpp, None if own is None else own[0], upsample, tuple(warnings))
+    warnings += _fallback_warnings(slide_path, mpp, fallback, limits.disagreement)
+    pitch = None if fallback is None else fallback.x
+    return MppCheck(mpp, None if own is None else own[0], upsample, tuple(warnings), pitch)
+
+
+def _fallback_warnings(
+    slide_path: str | Path, mpp: Mpp, fallback: Mpp | None, disagreement: float
+) -> list[str]:
+    """A warning when the µm/px used differs from the fallback by more than ``disagreement``."""
+    if fallback is None or mpp == fallback or abs(mpp.x / fallback.x - 1) <= disagreement:
+        return []
+    return [
+        f"slide {slide_path}: its µm/px {mpp.x:.4g} (from {mpp.source}) differs from the "
+        f"{fallback.x:.4g} µm/px of the spot pitch ({fallback.source}) by "
+        f"{abs(mpp.x / fallback.x - 1):.0%}; the {mpp.source} value is used: check that the slide "
+        "is the full-resolution image Space Ranger was given, or set the sample's `mpp` column"
+    ]
 
 
 def _check_range(slide_path: str | Path, mpp: Mpp, limits: MppLimits) -> None:

@@ -90,19 +90,24 @@ def _tile_checked(
 ) -> tuple[pd.DataFrame, dict[str, Any], TissueMask, MppCheck]:
     """Checks the slide's µm/px (:func:`histofuse.slides.mpp.check_mpp`), then tiles it.
 
+    A Space Ranger ``outs/`` expression folder adds its spot pitch's µm/px as the fallback.
+
     Returns:
         The tiles table, its metadata (with the check's fields), the tissue mask, the check.
     """
-    from histofuse.slides.mpp import check_mpp
+    from histofuse.slides.mpp import check_mpp, spot_pitch_mpp
     from histofuse.slides.tiling import tile_sample
 
-    checked = check_mpp(job.source, spec.target_mpp, limits, job.mpp, job.mpp_source)
+    pitch = spot_pitch_mpp(job.expression)
+    checked = check_mpp(job.source, spec.target_mpp, limits, job.mpp, job.mpp_source, pitch)
+    used = (
+        (checked.mpp.x, checked.mpp.source) if checked.mpp == pitch else (job.mpp, job.mpp_source)
+    )
     table, meta, mask = tile_sample(
         job.source,
         spec,
         job.expression or None,
-        job.mpp,
-        job.mpp_source,
+        *used,
         min_spots_on_tissue=limits.min_spots_on_tissue,
     )
     slide_warnings = meta.get("warnings") or []  # logged when found (no pyramid)

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from histofuse.atomic import atomic_path, write_parquet, write_text
-from histofuse.data.expression import BARCODES_FIX, GENES_FIX, check_unique, read_h5ad
+from histofuse.data.expression import BARCODES_FIX, GENES_FIX, check_unique, read_expression
 from histofuse.errors import HistofuseError
 from histofuse.slides.mpp import MppLimits
 from histofuse.slides.spec import TilingSpec
@@ -31,16 +31,19 @@ TILES_META_KEY = b"histofuse"
 
 
 def read_spots(expression: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Reads spot barcodes and level-0 pixel centres (x, y) from an AnnData ``.h5ad`` file.
+    """Reads spot barcodes and level-0 pixel centres (x, y) from an expression file.
+
+    The file is an AnnData ``.h5ad`` or a Space Ranger ``outs/`` folder (see
+    :mod:`histofuse.data.spaceranger`).
 
     Raises:
         HistofuseError: If the file is missing, unreadable, has no ``obsm["spatial"]``, or
             repeats a barcode or a gene name (found here, before any tile is embedded).
     """
     path = Path(expression)
-    if not path.is_file():
+    if not path.exists():
         raise HistofuseError(f"expression file {path} does not exist; check the sample sheet")
-    adata = read_h5ad(path, backed="r")
+    adata = read_expression(path, backed="r")
     try:
         if "spatial" not in adata.obsm:
             raise HistofuseError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -312,3 +313,43 @@ def test_comma_separated_sheet_is_named(tmp_path):
         f"sample sheet {sheet} must be tab-separated (it looks comma-separated); save it with "
         "tabs between the columns"
     )
+
+
+@pytest.mark.slow
+def test_a_single_section_space_ranger_study_runs_through_snakemake(demo, tmp_path):
+    """The user's flow: a sheet row naming `outs/`, one section, `spatial-block` folds, a report."""
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    study = tmp_path / "my study"
+    write_outs(study / "P1-S1", demo["adata"], "h5", "new")
+    _slide_with_mpp(demo, study / "P1-S1.tiff", None)
+    (study / "samples.tsv").write_text(
+        "sample_id\tpatient_id\tslide\texpression\nP1-S1\tP1\tP1-S1.tiff\tP1-S1/outs\n"
+    )
+    config = {
+        "samples": "samples.tsv",
+        "tiling": {"patch_um": 56, "target_mpp": 1.0},
+        "encoders": ["tiny-vit"],
+        "embed": {"num_workers": 0, "threads": 1, "gpu": 0},
+        "tasks": {
+            "visium": {
+                "genes": {"top_k": 10},
+                "split": {"scheme": "spatial-block", "block_um": 300, "n_folds": 2},
+            }
+        },
+        "heads": {"ridge": {}},
+        "report": {"bootstrap": 0},
+    }
+    (study / "config.yaml").write_text(yaml.safe_dump(config))
+    cmd = [str(BIN / "snakemake"), "-s", str(repo / "Snakefile"), "--directory", str(study)]
+    cmd += ["--configfile", str(study / "config.yaml"), "--cores", "2"]
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    stats = json.loads((study / "results/tiles/P1-S1.json").read_text())
+    assert stats["mpp_source"] == "spaceranger-spot-pitch"
+    summary = pd.read_csv(study / "results/report/summary.csv")
+    assert set(summary["task"]) == {"visium"} and len(summary) >= 1
+    metrics = pd.read_parquet(next((study / "results/metrics/visium").rglob("*.parquet")))
+    assert np.isfinite(metrics["pearson"]).any()

@@ -272,6 +272,13 @@ def _provenance(model: Any, weights: Any, shard: Shard, device: str) -> dict[str
     }
     if shard.failed:
         provenance["failed_samples"] = shard.failed
+    # µm/px of each sample's level 0, as the tile step resolved it (slide, sheet or spot pitch):
+    # what turns the cached pixel coordinates into µm downstream (spatial-block splits).
+    provenance["sample_mpp"] = {
+        p.name.removesuffix(".parquet"): [meta["mpp_x"], meta["mpp_y"]]
+        for p, _, meta in shard.tables
+        if "mpp_x" in meta and "mpp_y" in meta
+    }
     return provenance
 
 

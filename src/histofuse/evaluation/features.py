@@ -152,6 +152,16 @@ def recorded_failures(stores: Sequence[str | Path], samples: list[str]) -> dict[
     return out
 
 
+def recorded_mpp(stores: Sequence[str | Path]) -> dict[str, list[float]]:
+    """Sample → the ``[x, y]`` µm/px its tiles were cut at, as the stores record it."""
+    from histofuse.cache import read_provenance
+
+    out: dict[str, list[float]] = {}
+    for store in stores:
+        out.update(read_provenance(store).get("sample_mpp", {}))
+    return out
+
+
 def leave_out_failed(
     task_name: str, stores: Sequence[str | Path], samples: list[str]
 ) -> tuple[list[str], dict[str, str]]:

@@ -48,17 +48,26 @@ def spatial_blocks(sections: np.ndarray, xy_um: np.ndarray, block_um: float) -> 
     return keys.groupby(["section", "bx", "by"], sort=False).ngroup().to_numpy()
 
 
-def spots_um(sheet: pd.DataFrame, samples: np.ndarray, xy_px: np.ndarray) -> np.ndarray:
+def spots_um(
+    sheet: pd.DataFrame,
+    samples: np.ndarray,
+    xy_px: np.ndarray,
+    recorded: dict[str, list[float]] | None = None,
+) -> np.ndarray:
     """Spot centres in µm from level-0 pixels (the cache's ``x, y``), as tiling scaled them.
 
-    Each sample's µm/px is the sheet's ``mpp`` where set, else its slide's metadata.
+    Each sample's µm/px is the one the tile step used, as the feature stores record it
+    (``recorded``: sample → ``[x, y]``; from the slide, the sheet or a Space Ranger spot pitch);
+    for stores without that record, the sheet's ``mpp`` where set, else its slide's metadata.
     """
     from histofuse.slides.wsi import Mpp, open_slide, slide_mpp
 
     xy = np.asarray(xy_px, dtype=float).copy()
     for sample in pd.unique(samples):
         override = sheet.at[sample, "mpp"] if "mpp" in sheet else None
-        if override is not None and override == override:
+        if recorded and sample in recorded:
+            mpp = Mpp(*map(float, recorded[sample]), "tiles")
+        elif override is not None and override == override:
             mpp = Mpp(float(override), float(override), "override")
         else:
             with open_slide(sheet.at[sample, "slide"]) as slide:

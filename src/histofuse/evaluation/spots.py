@@ -79,6 +79,7 @@ class SpotRows:
     total: np.ndarray
     dropped: list[dict[str, str]] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    sample_mpp: dict[str, list[float]] = field(default_factory=dict)
     genes_source: ClassVar[str] = "expression files"
 
     @property
@@ -105,7 +106,8 @@ class SpotRows:
         split = settings.to_dict(self.task.split)
         xy_um = None
         if split["scheme"] == "spatial-block":
-            xy_um = spots_um(self.sheet, sample_ids, self.index[["x", "y"]].to_numpy())
+            xy = self.index[["x", "y"]].to_numpy()
+            xy_um = spots_um(self.sheet, sample_ids, xy, self.sample_mpp)
         return [
             Fold(seed, k, train, test)
             for seed in self.task.seed_list
@@ -200,7 +202,7 @@ def spot_rows(
         HistofuseError: If a sample has no cached features, the samples disagree on their gene
             lists, or a sample has no finite spot left.
     """
-    from histofuse.evaluation.features import leave_out_failed
+    from histofuse.evaluation.features import leave_out_failed, recorded_mpp
 
     name, sheet = samples.name, samples.sheet
     names, failed = leave_out_failed(name, stores, samples.names)
@@ -221,7 +223,9 @@ def spot_rows(
     if not keep.all():
         features = features.take(keep)
         counts, total = counts[keep].reset_index(drop=True), total[keep]
-    rows = SpotRows(samples.task, sheet, features.index, counts, total, dropped, failed)
+    rows = SpotRows(
+        samples.task, sheet, features.index, counts, total, dropped, failed, recorded_mpp(stores)
+    )
     return rows, features
 
 

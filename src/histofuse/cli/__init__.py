@@ -35,19 +35,14 @@ def document(value: str, flag: str) -> dict[str, Any]:
     """A flag's settings document (inline JSON or a .json/.yaml file), as settings.load_document.
 
     Raises:
-        HistofuseError: Also for a file that is not YAML or not text, naming the flag and file.
+        HistofuseError: Naming the flag, for a document that is not JSON, YAML or a mapping.
     """
-    import yaml
-
     from histofuse.settings import load_document
 
     try:
         return load_document(value)
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        reason = one_line(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        raise HistofuseError(
-            f"{flag} {value}: not valid JSON or YAML ({reason}); fix the file or give inline JSON"
-        ) from None
+    except HistofuseError as exc:
+        raise HistofuseError(f"{flag}: {exc}") from None
 
 
 _OUTPUT_FLAGS = ("out", "out_dir", "qc", "stats", "metrics", "predictions")

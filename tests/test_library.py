@@ -81,3 +81,67 @@ def test_an_unknown_top_level_name_is_an_attribute_error():
 
     with pytest.raises(AttributeError, match="no attribute 'open_feature'"):
         histofuse.open_feature  # noqa: B018
+
+
+def _verbs():
+    """``(verb, parser)`` of every verb of the ``histofuse`` command."""
+    import argparse
+
+    from histofuse.cli import build_parser
+
+    top = build_parser()
+    sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    return [("histofuse", top), *sub.choices.items()], sub
+
+
+def test_every_verb_and_argument_has_help_and_every_option_its_default():
+    _, sub = _verbs()
+    assert all(choice.help for choice in sub._choices_actions)
+    verbs, _ = _verbs()
+    missing, no_default = [], []
+    for verb, parser in verbs:
+        for action in parser._actions:
+            name = f"{verb} {action.option_strings or action.dest}"
+            if not (action.help or "").strip():
+                missing.append(name)
+            optional = action.option_strings and not action.required
+            if optional and action.dest not in ("help", "version") and "default" not in action.help:
+                no_default.append(name)
+    assert not missing, f"arguments without help: {missing}"
+    assert not no_default, f"options whose help names no default: {no_default}"
+
+
+def test_plumbing_is_marked_as_the_workflows():
+    verbs = dict(_verbs()[0])
+    helps = {
+        (verb, opt): a.help
+        for verb, p in verbs.items()
+        for a in p._actions
+        for opt in a.option_strings
+    }
+    for verb, flag in [("fit", "--cache-keys"), ("tile", "--on-error"), ("tile", "--hest-bench")]:
+        assert "used by the workflow" in helps[verb, flag]
+    _, sub = _verbs()
+    tokens = next(c for c in sub._choices_actions if c.dest == "tokens")
+    assert "used by the workflow" in tokens.help
+
+
+def test_a_task_json_built_as_its_help_says_is_the_workflows(tmp_path):
+    """``--task-json``: the config's ``tasks.<name>`` block in a file, or ``{}`` for defaults."""
+    import yaml
+
+    from histofuse import settings
+    from histofuse.cli import document
+    from histofuse.config import load_schema, validate_config
+    from histofuse.plan import Plan
+
+    cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    block = tmp_path / "tasks.yaml"
+    block.write_text(yaml.safe_dump(cfg["tasks"]["demo-spots"]))
+    plan = Plan.from_config(validate_config(cfg, load_schema()))
+
+    def load(value):
+        return settings.load(settings.Task, "tasks", document(value, "--task-json"))
+
+    assert load(str(block)) == load(plan.task_json("demo-spots"))
+    assert load("{}") == settings.load(settings.Task, "tasks", {})

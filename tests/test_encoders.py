@@ -110,3 +110,49 @@ def test_meta_device_counts_parameters_without_memory():
 def test_spec_round_trips_to_json():
     d = get_spec("tiny-vit").to_dict()
     assert json.loads(json.dumps(d))["arch"] == "vit_tiny_patch16_224"
+
+
+@pytest.fixture(scope="module")
+def resnet50_checkpoint(tmp_path_factory):
+    """A whole torchvision ResNet-50 (as published: layer4 and the 1000-class fc included)."""
+    import torchvision
+
+    torch.manual_seed(7)
+    net = torchvision.models.resnet50(weights=None).eval()
+    for m in net.modules():  # non-trivial running statistics, so BN buffers must load too
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path_factory.mktemp("tv") / "resnet50.pth"
+    torch.save(net.state_dict(), path)
+    return net, path
+
+
+def test_a_truncated_encoder_takes_the_whole_published_checkpoint(resnet50_checkpoint, caplog):
+    """resnet50-trunc is CLAM's ResNet-50 through layer3, average pooled (1024-d)."""
+    net, path = resnet50_checkpoint
+    with caplog.at_level("INFO", logger="histofuse.encoders.model"):
+        enc = create_encoder("resnet50-trunc", weights=path)
+    assert "(fc.*, layer4.*)" in caplog.text
+    n_dropped = sum(k.startswith(("layer4.", "fc.")) for k in net.state_dict())
+    assert f"dropped {n_dropped} keys" in caplog.text
+    assert enc.weights_sha256 == sha256_file(path)
+
+    tiles = torch.randint(
+        0, 256, (2, 224, 224, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    x = enc.preprocess(tiles)
+    with torch.no_grad():
+        h = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        ref = net.layer3(net.layer2(net.layer1(h))).mean(dim=(2, 3))  # the torchvision net's own
+        got = enc(tiles)
+    assert got.shape == (2, 1024)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_a_truncated_encoder_still_refuses_keys_of_no_layer(resnet50_checkpoint, tmp_path):
+    net, _ = resnet50_checkpoint
+    path = tmp_path / "extra.pth"
+    torch.save({**net.state_dict(), "head.proj.weight": torch.zeros(3, 3)}, path)
+    with pytest.raises(HistofuseError, match=r"1 unexpected keys \(e.g. \['head.proj.weight'\]\)"):
+        create_encoder("resnet50-trunc", weights=path)

@@ -1,5 +1,35 @@
-"""histofuse: tile once, embed once, fit many heads on cached foundation-model features."""
+"""histofuse: tile once, embed once, fit many heads on cached foundation-model features.
+
+Reading a cached encoder as a library::
+
+    from histofuse import open_features
+    table = open_features("results/features/uni/0000.zarr")  # or a list of shard stores
+    X, obs = table.load(), table.index  # numpy (tiles, dim) and pandas (sample, barcode, x, y)
+
+``import histofuse`` stays light: :func:`open_features` and :class:`FeatureTable` are imported
+from :mod:`histofuse.cache` (numpy, pandas, dask, zarr) only when first used.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 __version__ = "0.1.0"
+
+_LAZY = {"open_features": "histofuse.cache", "FeatureTable": "histofuse.cache"}
+__all__ = ["FeatureTable", "__version__", "open_features"]
+
+
+def __getattr__(name: str) -> Any:
+    """Imports a public name's module on first use (PEP 562)."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'histofuse' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

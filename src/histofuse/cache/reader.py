@@ -8,6 +8,8 @@ on disk until computed; each dask block reads the features of consecutive sample
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -178,7 +180,7 @@ def _index(names: list[str], opened: list[tuple[Any, ...]]) -> pd.DataFrame:
 
 
 def open_features(
-    stores: list[str | Path],
+    stores: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
     cache_key: str | None = None,
     block_bytes: int = READ_BLOCK_BYTES,
 ) -> FeatureTable:
@@ -191,7 +193,7 @@ def open_features(
     reading the bytes.
 
     Args:
-        stores: Store paths of one encoder.
+        stores: One store path, or the store paths (shards) of one encoder.
         cache_key: If given, every store must carry this cache key.
         block_bytes: Largest block of the dask array (at least one storage chunk). Readers
             that stream rows under a memory budget ask for small blocks, since reading any row
@@ -204,6 +206,8 @@ def open_features(
     import dask.array as da
     from zarr.core.sync import sync
 
+    if isinstance(stores, (str, os.PathLike)):
+        stores = [stores]
     parts, indexes, pieces, first = [], [], [], None
     for store in map(Path, stores):
         manifest = read_manifest(store)

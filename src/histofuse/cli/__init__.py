@@ -59,8 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _Parser(prog="histofuse", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"histofuse {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging (default: info)")
+    sub = p.add_subparsers(
+        dest="verb", required=True, metavar="VERB", help="a step (VERB --help for its flags)"
+    )
     for module in (demo, tile, embed, fit, report):
         module.register(sub)
     return p

@@ -28,14 +28,37 @@ def _demo_cohort(args: argparse.Namespace) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     """Adds this module's verbs to the ``histofuse`` parser."""
     s = sub.add_parser("demo-cohort", help="write the synthetic demo cohort")
-    s.add_argument("--out", required=True)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--patients", type=int, default=3)
-    s.add_argument("--slides-per-patient", type=int, default=2)
-    s.add_argument("--genes", type=int, default=120)
     s.add_argument(
-        "--hest-bench", action="store_true", help="also write OUT/hest-bench, a HEST-Bench task"
+        "--out",
+        required=True,
+        help="folder of the cohort (slides/, st/, bulk.csv, samples.tsv); created if missing",
     )
-    s.add_argument("--hest-bench-px", type=int, default=224, help="side of its stored patches")
-    s.add_argument("--hest-bench-mpp", type=float, default=0.5, help="µm/px of its patches")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    s.add_argument(
+        "--patients", type=int, default=3, help="number of patients (default: %(default)s)"
+    )
+    s.add_argument(
+        "--slides-per-patient",
+        type=int,
+        default=2,
+        help="slides (and Visium sections) per patient (default: %(default)s)",
+    )
+    s.add_argument("--genes", type=int, default=120, help="number of genes (default: %(default)s)")
+    s.add_argument(
+        "--hest-bench",
+        action="store_true",
+        help="also write OUT/hest-bench, a HEST-Bench task folder (default: off)",
+    )
+    s.add_argument(
+        "--hest-bench-px",
+        type=int,
+        default=224,
+        help="side of its stored patches, px (default: %(default)s)",
+    )
+    s.add_argument(
+        "--hest-bench-mpp",
+        type=float,
+        default=0.5,
+        help="resolution of its patches, µm/px (default: %(default)s)",
+    )
     s.set_defaults(func=_demo_cohort)

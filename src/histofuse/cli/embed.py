@@ -69,15 +69,28 @@ def _encoders(args: argparse.Namespace) -> None:
 
 def _job_arguments(s: argparse.ArgumentParser) -> None:
     """The arguments of one encoder job: encoder, tiles, store, weights and embed settings."""
-    s.add_argument("--encoder", required=True)
-    s.add_argument("--tiles", nargs="+", required=True)
-    s.add_argument("--out", required=True, help="store path (.zarr)")
-    s.add_argument("--weights", default=None)
+    s.add_argument("--encoder", required=True, help="registered encoder (see `histofuse encoders`)")
+    s.add_argument(
+        "--tiles",
+        nargs="+",
+        required=True,
+        help="tiles parquet files of `histofuse tile`, one per sample; stored in this order",
+    )
+    s.add_argument(
+        "--out", required=True, help="store to write (.zarr directory; its manifest goes beside it)"
+    )
+    s.add_argument(
+        "--weights",
+        default=None,
+        help="weights file (.pt/.pth/.bin/.safetensors) or hub id, as config `weights.<encoder>`; "
+        "default: the registry's weights of the encoder",
+    )
     s.add_argument(
         "--embed",
         default="{}",
         help="the `embed` config section as inline JSON or a .json/.yaml file, e.g. "
-        '\'{"batch_size": 128, "device": "cpu"}\'; a key left out takes its default',
+        '\'{"batch_size": 128, "device": "cpu"}\'; a key left out takes the schema\'s default '
+        "(default: %(default)s, all of the schema's `embed` defaults)",
     )
 
 
@@ -85,22 +98,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Adds this module's verbs to the ``histofuse`` parser."""
     s = sub.add_parser("embed", help="embed the tiles of a shard with one encoder")
     _job_arguments(s)
-    s.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
+    s.add_argument(
+        "--compile", action="store_true", help="wrap the model in torch.compile (default: off)"
+    )
     s.set_defaults(func=_embed)
 
-    s = sub.add_parser("tokens", help="cache the tokens entering a ViT's last blocks (PEKA tail)")
+    s = sub.add_parser(
+        "tokens",
+        help="cache the tokens entering a ViT's last blocks (used by the workflow for PEKA's tail)",
+    )
     _job_arguments(s)
-    s.add_argument("--blocks", type=int, required=True, help="k: the last k blocks are adapted")
     s.add_argument(
-        "--dtype", required=True, choices=["float16", "float32"], help="token dtype on disk"
+        "--blocks",
+        type=int,
+        required=True,
+        help="k: the tokens entering the last k blocks are cached (config `peka.tail_blocks`)",
+    )
+    s.add_argument(
+        "--dtype",
+        required=True,
+        choices=["float16", "float32"],
+        help="token dtype on disk (config `peka.tokens_dtype`)",
     )
     s.set_defaults(func=_tokens)
 
     s = sub.add_parser("encoders", help="list the encoder registry")
-    s.add_argument("--json", action="store_true")
+    s.add_argument(
+        "--json", action="store_true", help="print one JSON list instead of a table (default: off)"
+    )
     s.add_argument(
         "--count",
         action="store_true",
-        help="count parameters from the built architecture (meta device; always on with --json)",
+        help="count parameters from the built architecture (meta device; default: off, the "
+        "registry's counts; always on with --json)",
     )
     s.set_defaults(func=_encoders)

@@ -2,6 +2,9 @@
 
 Sections come as one document each (``--task-json``, ``--head-params``, ``--peka``: inline JSON
 or a ``.json``/``.yaml`` file), validated against the config schema, which fills the defaults.
+``--task-json`` is the task's config section (``tasks.<name>``, or ``bulk.<name>`` for
+``bulk-fit``) as the workflow passes it; run by hand, copy that block of the config into a
+``.yaml`` file, or give ``'{}'`` for a spot task with every default.
 """
 
 from __future__ import annotations
@@ -102,63 +105,119 @@ def _peka(args: argparse.Namespace) -> None:
     )
 
 
+_TASK_JSON = (
+    "the task's config section (`{section}.<name>` of config.yaml) as inline JSON or a "
+    ".json/.yaml file, as the workflow passes it: copy that block into a file, e.g. "
+    "`{example}`; a key left out takes the schema's default{note}"
+)
+_HEAD_PARAMS = (
+    "the head's hyperparameters (config `heads.<head>`{extra}) as inline JSON or a .json/.yaml "
+    "file, e.g. '{{\"n_components\": 128}}' (default: %(default)s, the head's own defaults)"
+)
+
+
 def _cache_keys_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-keys",
         default=None,
-        help="encoder → the key parts its stores must carry (JSON or a file; the workflow "
-        "passes the configured ones); stores made otherwise are refused",
+        help="encoder → the key parts its stores must carry (JSON or a file; used by the workflow, "
+        "which passes the configured ones); stores made otherwise are refused (default: none, "
+        "no check)",
     )
+
+
+def _outputs_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics", required=True, help="metrics parquet to write (per-gene Pearson)"
+    )
+    parser.add_argument(
+        "--predictions", required=True, help="predictions parquet to write (held-out predictions)"
+    )
+
+
+def _spot_verb_flags(parser: argparse.ArgumentParser, features: str) -> None:
+    """The flags ``fit`` and ``peka`` share: task, its settings, samples, features, head."""
+    parser.add_argument("--task", required=True, help="task name (a key of config `tasks`)")
+    parser.add_argument(
+        "--task-json",
+        required=True,
+        help=_TASK_JSON.format(section="tasks", example="tasks.yaml", note="; '{}' takes them all"),
+    )
+    parser.add_argument(
+        "--samples", required=True, help="sample sheet (.csv/.tsv, as config `samples`)"
+    )
+    parser.add_argument("--features", required=True, help=features)
+    parser.add_argument("--head", required=True, help="head name (a key of config `heads`)")
+    parser.add_argument("--head-params", default="{}", help=_HEAD_PARAMS.format(extra=""))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Adds this module's verbs to the ``histofuse`` parser."""
     s = sub.add_parser("fit", help="fit one head on one feature set for one task")
-    s.add_argument("--task", required=True)
-    s.add_argument("--task-json", required=True, help="the task's settings (JSON or a file)")
-    s.add_argument("--samples", required=True, help="sample sheet")
-    s.add_argument("--stores", nargs="+", required=True)
-    s.add_argument("--features", required=True, help="feature set name")
-    s.add_argument("--head", required=True)
-    s.add_argument("--head-params", default="{}", help="head hyperparameters (JSON or a file)")
-    s.add_argument("--metrics", required=True)
-    s.add_argument("--predictions", required=True)
+    _spot_verb_flags(s, "feature set: an encoder, or a fusion of config `feature_sets`")
+    s.add_argument(
+        "--stores", nargs="+", required=True, help="feature stores (.zarr) of the feature set"
+    )
+    _outputs_flags(s)
     s.add_argument(
         "--memory-budget-mb",
         type=float,
         default=None,
-        help="stream features from the cache when they exceed this many MiB (float32)",
+        help="stream features from the cache when they exceed this many MiB (float32); "
+        "default: none, hold them in memory (the workflow passes config fit.memory_budget_mb, "
+        "whose schema default is none too)",
     )
     _cache_keys_flag(s)
     s.set_defaults(func=_fit)
 
     s = sub.add_parser("bulk-fit", help="fit one slide head for a slide-level bulk task")
-    s.add_argument("--task", required=True)
-    s.add_argument("--task-json", required=True, help="the task's settings (JSON or a file)")
+    s.add_argument("--task", required=True, help="bulk task name (a key of config `bulk`)")
+    s.add_argument(
+        "--task-json",
+        required=True,
+        help=_TASK_JSON.format(
+            section="bulk",
+            example="bulk.yaml",
+            note="; its table comes with --table (the workflow leaves out table, heads, abmil, "
+            "feature_sets, aggregations and slide_embeddings)",
+        ),
+    )
     s.add_argument("--samples", required=True, help="sample sheet (slide → case)")
     s.add_argument("--table", required=True, help="bulk table (.csv/.tsv/.parquet/.h5ad)")
-    s.add_argument("--features", required=True, help="feature set name")
-    s.add_argument("--aggregation", required=True, choices=["mean", "abmil", "slide"])
-    s.add_argument("--stores", nargs="*", help="feature stores (mean, abmil)")
-    s.add_argument("--embeddings", nargs="*", help="slide embedding tables (slide)")
-    s.add_argument("--head", required=True)
-    s.add_argument("--head-params", default="{}", help="head hyperparameters (JSON or a file)")
-    s.add_argument("--metrics", required=True)
-    s.add_argument("--predictions", required=True)
+    s.add_argument("--features", required=True, help="feature set: an encoder or slide encoder")
+    s.add_argument(
+        "--aggregation",
+        required=True,
+        choices=["mean", "abmil", "slide"],
+        help="slide vectors: mean of tiles, ABMIL over tiles, or slide-embedding files",
+    )
+    s.add_argument("--stores", nargs="*", help="feature stores (mean, abmil; default: none)")
+    s.add_argument("--embeddings", nargs="*", help="slide embedding tables (slide; default: none)")
+    s.add_argument("--head", required=True, help="head name (a key of the task's `heads`)")
+    s.add_argument(
+        "--head-params",
+        default="{}",
+        help=_HEAD_PARAMS.format(extra=", with the task's `abmil` for --aggregation abmil"),
+    )
+    _outputs_flags(s)
     _cache_keys_flag(s)
     s.set_defaults(func=_bulk_fit)
 
     s = sub.add_parser("peka", help="train PEKA adapters per fold and fit one head on them")
-    s.add_argument("--task", required=True)
-    s.add_argument("--task-json", required=True, help="the task's settings (JSON or a file)")
-    s.add_argument("--samples", required=True, help="sample sheet")
-    s.add_argument("--features", required=True, help="e.g. peka:uni, peka-tail:uni, teacher")
-    s.add_argument("--stores", nargs="*", help="feature stores of the encoder")
-    s.add_argument("--token-stores", nargs="*", help="token stores of the encoder (tail modes)")
-    s.add_argument("--head", required=True)
-    s.add_argument("--head-params", default="{}", help="head hyperparameters (JSON or a file)")
-    s.add_argument("--peka", default="{}", help="the `peka` settings (JSON or a file)")
-    s.add_argument("--metrics", required=True)
-    s.add_argument("--predictions", required=True)
+    _spot_verb_flags(s, "PEKA feature set `mode:encoder`, e.g. peka:uni, peka-tail:uni, teacher")
+    s.add_argument("--stores", nargs="*", help="feature stores of the encoder (default: none)")
+    s.add_argument(
+        "--token-stores",
+        nargs="*",
+        help="token stores of `histofuse tokens` (tail modes; default: none)",
+    )
+    s.add_argument(
+        "--peka",
+        default="{}",
+        help="the config's `peka` section (JSON or a .json/.yaml file); a key left out takes the "
+        "schema's default (default: %(default)s, the schema's `peka` defaults, the released "
+        "PEKA settings)",
+    )
+    _outputs_flags(s)
     _cache_keys_flag(s)
     s.set_defaults(func=_peka)

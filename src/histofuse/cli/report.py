@@ -27,9 +27,20 @@ def _report(args: argparse.Namespace) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     """Adds this module's verbs to the ``histofuse`` parser."""
     s = sub.add_parser("report", help="summary tables from metrics files")
-    s.add_argument("--metrics", nargs="+", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--predictions", nargs="*", help="predictions files (for the scatter plot)")
-    s.add_argument("--qc", nargs="*", help="tiling QC thumbnails (PNG) shown in index.html")
-    s.add_argument("--options", default="{}", help="report options as JSON (config `report`)")
+    s.add_argument(
+        "--metrics", nargs="+", required=True, help="metrics parquet files of the fit verbs"
+    )
+    s.add_argument("--out", required=True, help="report folder (tables, figures, index.html)")
+    s.add_argument(
+        "--predictions", nargs="*", help="predictions files (for the scatter plot; default: none)"
+    )
+    s.add_argument(
+        "--qc", nargs="*", help="tiling QC thumbnails (PNG) shown in index.html (default: none)"
+    )
+    s.add_argument(
+        "--options",
+        default="{}",
+        help="the config's `report` section as inline JSON or a .json/.yaml file; a key left out "
+        "takes the schema's default (default: %(default)s, all of the schema's `report` defaults)",
+    )
     s.set_defaults(func=_report)

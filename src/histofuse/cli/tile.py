@@ -87,34 +87,66 @@ def _tile(args: argparse.Namespace) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     """Adds this module's verbs to the ``histofuse`` parser."""
     s = sub.add_parser("tile", help="tile coordinates (spots or grid) of one or more samples")
-    s.add_argument("--sample", action="append", required=True, help="repeat with --sheet")
+    s.add_argument(
+        "--sample",
+        action="append",
+        required=True,
+        help="sample id of the sheet; once with --slide or --patches, repeat with --sheet",
+    )
     s.add_argument(
         "--tiling",
         help="the config's `tiling` section: inline JSON or a .json/.yaml file (unset keys take "
-        "the schema's defaults; on_error decides what a sample that cannot be tiled does)",
+        "the schema's defaults; on_error decides what a sample that cannot be tiled does; "
+        "default: all of the schema's `tiling` defaults)",
     )
     s.add_argument(
         "--on-error",
         choices=("stop", "record"),
-        help="overrides the section's on_error (the workflow passes it apart from --tiling)",
+        help="overrides the section's on_error (used by the workflow, which passes it apart from "
+        "--tiling; default: the section's tiling.on_error)",
     )
-    s.add_argument("--sheet", help="sample sheet: tile the given samples into --out-dir")
-    s.add_argument("--out-dir", help="folder of {sample}.parquet files (with --sheet)")
-    s.add_argument("--slide")
-    s.add_argument("--expression", help=".h5ad with obsm['spatial']")
-    s.add_argument("--mpp", type=float, default=None, help="µm/px override for this slide")
     s.add_argument(
-        "--mpp-source", default="override", help="where --mpp came from (e.g. hest-metadata)"
+        "--sheet", help="sample sheet: tile the given samples into --out-dir (default: none)"
     )
-    s.add_argument("--out", help="tiles parquet (one sample)")
-    s.add_argument("--qc", help="QC thumbnail (default: beside --out, .qc.png)")
+    s.add_argument(
+        "--out-dir", help="folder of {sample}.parquet files (with --sheet; default: none)"
+    )
+    s.add_argument("--slide", help="whole-slide image of the one --sample (default: none)")
+    s.add_argument(
+        "--expression",
+        help=".h5ad with obsm['spatial'] (spot centres, level-0 px), whose spots are tiled in "
+        "tiling.mode `spots` (default: none)",
+    )
+    s.add_argument(
+        "--mpp",
+        type=float,
+        default=None,
+        help="µm/px of the slide's level 0, overriding its metadata (default: read from the slide)",
+    )
+    s.add_argument(
+        "--mpp-source",
+        default="override",
+        help="where --mpp came from, recorded in the stats (used by the workflow, e.g. "
+        "hest-metadata; default: %(default)s)",
+    )
+    s.add_argument("--out", help="tiles parquet of the one --sample (default: none)")
+    s.add_argument("--qc", help="QC thumbnail, .png (default: beside --out, .qc.png)")
     s.add_argument("--stats", help="counts/timings JSON (default: beside --out, .json)")
-    s.add_argument("--keep-going", action="store_true", help="tile the other samples on error")
-    s.add_argument("--patches", help="pre-cut patches .h5 (HEST) used instead of a slide")
+    s.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="tile the other samples when one fails (default: off)",
+    )
+    s.add_argument(
+        "--patches",
+        help="pre-cut patches .h5 (HEST) used instead of a slide, with one --sample and --out "
+        "(default: none)",
+    )
     s.add_argument(
         "--hest-bench",
         action="append",
         metavar="TASK=FOLDER",
-        help="with --sheet: also tile the pre-cut patches of this HEST-Bench task's samples",
+        help="with --sheet: also tile the pre-cut patches of this HEST-Bench task's samples "
+        "(used by the workflow; repeatable; default: none)",
     )
     s.set_defaults(func=_tile)

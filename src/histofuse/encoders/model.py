@@ -8,6 +8,7 @@ sha256 of what was loaded is recorded in every feature store's provenance.
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import timm
@@ -21,6 +22,9 @@ from histofuse.encoders.registry import EncoderSpec, get_spec
 from histofuse.errors import HistofuseError
 
 _STRIP_PREFIXES = ("module.", "model.", "trunk.", "backbone.")
+_TRUNCATION_KWARGS = ("features_only", "out_indices", "feature_cls", "feature_cfg")
+
+logger = logging.getLogger(__name__)
 
 
 def sha256_state_dict(module: nn.Module) -> str:
@@ -290,6 +294,73 @@ def build_trunk(spec: EncoderSpec, device: str | torch.device = "cpu") -> nn.Mod
         return timm.create_model(spec.arch, pretrained=False, num_classes=0, **kwargs)
 
 
+def _removed_layer_keys(spec: EncoderSpec, trunk: nn.Module) -> set[str]:
+    """The parameter names of the layers a truncated encoder leaves out of its architecture.
+
+    A truncated encoder (``features_only`` in its timm kwargs, e.g. ResNet-50 through layer3)
+    is built without the later layers and the classifier, while its published checkpoint holds
+    the whole network. These are the names of the whole architecture (with timm's default
+    classifier) that the trunk does not have; empty for an encoder that is not truncated.
+    """
+    if not spec.kwargs.get("features_only"):
+        return set()
+    kwargs = {k: v for k, v in resolve_kwargs(spec.kwargs).items() if k not in _TRUNCATION_KWARGS}
+    with torch.device("meta"):
+        whole = timm.create_model(spec.arch, pretrained=False, **kwargs)
+    return set(whole.state_dict()) - set(trunk.state_dict())
+
+
+def _drop_removed_layers(
+    state: dict[str, torch.Tensor], spec: EncoderSpec, trunk: nn.Module, path: Path
+) -> dict[str, torch.Tensor]:
+    """Drops a full checkpoint's keys of the layers a truncated encoder removes, and logs them.
+
+    The hub path does the same: timm loads the whole published network strictly, then keeps
+    the layers up to the last feature index. Keys of no layer of the architecture stay, so
+    that the strict check still refuses them.
+    """
+    removed = _removed_layer_keys(spec, trunk)
+    dropped = sorted(k for k in state if k in removed)
+    if dropped:
+        layers = sorted({k.split(".", 1)[0] + ".*" for k in dropped})
+        logger.info(
+            "weights file %s: dropped %d keys of the layers encoder %r is truncated before (%s)",
+            path,
+            len(dropped),
+            spec.name,
+            ", ".join(layers),
+        )
+    return {k: v for k, v in state.items() if k not in removed}
+
+
+def _trunk_from_file(spec: EncoderSpec, path: Path) -> nn.Module:
+    """Builds a spec's trunk holding the tensors of a checkpoint file.
+
+    Raises:
+        HistofuseError: If the file is not a checkpoint, or its keys or shapes do not fit.
+    """
+    name = spec.name
+    state = load_state_dict_file(path)
+    if spec.key_map is not None:
+        state = KEY_MAPPERS[spec.key_map](state)
+    # Build without memory and take the checkpoint's tensors: no random init of a large
+    # model just to overwrite it. Models with computed buffers (Swin's relative position
+    # index) are built for real instead.
+    trunk = build_trunk(spec, device="meta")
+    if any(b.is_meta for n, b in trunk.named_buffers() if n not in trunk.state_dict()):
+        trunk = build_trunk(spec)
+    state = _drop_removed_layers(state, spec, trunk, path)
+    _check_shapes(state, trunk, path, name)
+    missing, unexpected = trunk.load_state_dict(state, strict=False, assign=True)
+    if missing or unexpected:
+        raise HistofuseError(
+            f"weights file {path} does not fit encoder {name!r} ({spec.arch}): "
+            f"{len(missing)} missing keys (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})"
+        )
+    return trunk
+
+
 def create_encoder(
     name: str, weights: str | Path | None = None, device: str | torch.device = "cpu"
 ) -> Encoder:
@@ -333,23 +404,7 @@ def create_encoder(
                 f"encoder {name!r} needs its weights ({spec.weights}); no file at {path}. "
                 f"Download them and set `weights: {{{name}: /path/to/file}}` in the config"
             )
-        state = load_state_dict_file(path)
-        if spec.key_map is not None:
-            state = KEY_MAPPERS[spec.key_map](state)
-        # Build without memory and take the checkpoint's tensors: no random init of a large
-        # model just to overwrite it. Models with computed buffers (Swin's relative position
-        # index) are built for real instead.
-        trunk = build_trunk(spec, device="meta")
-        if any(b.is_meta for n, b in trunk.named_buffers() if n not in trunk.state_dict()):
-            trunk = build_trunk(spec)
-        _check_shapes(state, trunk, path, name)
-        missing, unexpected = trunk.load_state_dict(state, strict=False, assign=True)
-        if missing or unexpected:
-            raise HistofuseError(
-                f"weights file {path} does not fit encoder {name!r} ({spec.arch}): "
-                f"{len(missing)} missing keys (e.g. {missing[:3]}), "
-                f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})"
-            )
+        trunk = _trunk_from_file(spec, path)
         digest = sha256_file(path)
     encoder = Encoder(spec, trunk, digest).eval().to(device)
     for p in encoder.parameters():

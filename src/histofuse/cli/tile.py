@@ -47,6 +47,15 @@ def _one_job(args: argparse.Namespace) -> TileJob:
     )
 
 
+def _every_row(args: argparse.Namespace) -> list[str]:
+    """The samples of ``tile --sheet`` without ``--sample``: every row of the sheet."""
+    from histofuse.samples import load_samples
+
+    if args.hest_bench:
+        raise HistofuseError("tile --hest-bench: name the samples to tile with --sample")
+    return list(load_samples(args.sheet, check_files=False).index)
+
+
 def _tile(args: argparse.Namespace) -> None:
     from histofuse.settings import section
     from histofuse.slides.mpp import MppLimits
@@ -70,7 +79,7 @@ def _tile(args: argparse.Namespace) -> None:
         hest_bench = _hest_bench_tasks(args.hest_bench or [])
         tile_sheet(
             args.sheet,
-            args.sample,
+            args.sample or _every_row(args),
             Path(args.out_dir),
             spec,
             tiling["on_error"],
@@ -87,7 +96,12 @@ def _tile(args: argparse.Namespace) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     """Adds this module's verbs to the ``histofuse`` parser."""
     s = sub.add_parser("tile", help="tile coordinates (spots or grid) of one or more samples")
-    s.add_argument("--sample", action="append", required=True, help="repeat with --sheet")
+    s.add_argument(
+        "--sample",
+        action="append",
+        default=[],
+        help="the sample to tile; repeat with --sheet (none: every row of the sheet)",
+    )
     s.add_argument(
         "--tiling",
         help="the config's `tiling` section: inline JSON or a .json/.yaml file (unset keys take "
@@ -98,7 +112,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=("stop", "record"),
         help="overrides the section's on_error (the workflow passes it apart from --tiling)",
     )
-    s.add_argument("--sheet", help="sample sheet: tile the given samples into --out-dir")
+    s.add_argument(
+        "--sheet", help="sample sheet: tile the given samples (default: all) into --out-dir"
+    )
     s.add_argument("--out-dir", help="folder of {sample}.parquet files (with --sheet)")
     s.add_argument("--slide")
     s.add_argument("--expression", help=".h5ad with obsm['spatial']")

@@ -495,8 +495,11 @@ class Plan:
 
     @property
     def slide_only(self) -> bool:
-        """Whether the study fits nothing (no task, no bulk task): it tiles and embeds only."""
-        return not self.metrics_files()
+        """Whether the study fits nothing (no task, no bulk task): it tiles and embeds only.
+
+        Read from the config, so that asking does not check the bulk and PEKA parts early.
+        """
+        return not self.config["tasks"] and not self.config["bulk"]
 
     def all_feature_manifests(self) -> list[str]:
         """The manifests of every encoder's store of every shard (a slide-only study's features)."""

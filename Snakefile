@@ -1,10 +1,8 @@
 # histofuse: tile once, embed each encoder once into a Zarr cache, fit many heads, report.
 # All logic lives in the `histofuse` package; rules only wire files to its CLI verbs.
-import json
 import os
-import shutil
 
-from histofuse.atomic import write_json
+from histofuse.plan.study import start_run
 from snakemake.logging import logger
 from snakemake.utils import min_version
 
@@ -29,37 +27,28 @@ include: "workflow/rules/bulk.smk"
 include: "workflow/rules/peka_common.smk"
 include: "workflow/rules/peka.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/slides.smk"
 
 
 onstart:
-    # Record which shard each sample went to, so adding samples never reshuffles finished shards.
-    PLAN.save_registry(paths.SHARD_REGISTRY)
-    # A study is its sample sheet and its task names. A run of another study in this folder
-    # schedules its own report; until it is written, the previous study's report is moved to
-    # results/report.previous so that it never reads as this study's (README: keep studies
-    # apart with --directory).
-    study = {
-        "samples": os.path.abspath(config["samples"]),
-        "tasks": sorted(config["tasks"]),
-        "bulk": sorted(config["bulk"]),
-    }
-    record = "results/study.json"
-    previous = json.loads(open(record).read()) if os.path.exists(record) else study
-    if previous != study and os.path.exists(paths.REPORT):
-        shutil.rmtree(f"{paths.REPORT}.previous", ignore_errors=True)
-        os.replace(paths.REPORT, f"{paths.REPORT}.previous")
-        logger.warning(
-            f"results/ holds another study's outputs (samples: {previous['samples']}); its"
-            f" report was moved to {paths.REPORT}.previous. Keep studies apart with --directory."
-        )
-    write_json(study, record, indent=1)
+    # The shard registry (adding samples never reshuffles finished shards) and the study record
+    # (another study's report is moved to results/report.previous): histofuse.plan.study.
+    warning = start_run(config, PLAN)
+    if warning:
+        logger.warning(warning)
 
 
 localrules:
     all,
 
 
+# A study with tasks ends in its report; a study without (slide-only) in every encoder's
+# features of every slide, the tiling QC pictures and the slides page.
 rule all:
     default_target: True
     input:
-        rules.report.output,
+        (
+            [*PLAN.all_feature_manifests(), *PLAN.qc_thumbnails(), *rules.slides.output]
+            if PLAN.slide_only
+            else rules.report.output
+        ),

@@ -32,7 +32,7 @@ def test_demo_config_is_valid_and_gets_defaults():
         (lambda c: c.update(encoder=["x"]), r"unknown config key\(s\) 'encoder'"),
         (lambda c: c["tiling"].update(patch_um="big"), r"config `tiling.patch_um` = 'big'"),
         (lambda c: c["embed"].update(dtype="int8"), r"config `embed.dtype` is 'int8'"),
-        (lambda c: c.update(tasks={}), r"config `tasks`"),
+        (lambda c: c.update(tasks=[]), r"config `tasks` = \[\] is invalid"),
         (lambda c: c.pop("encoders"), r"required key.*encoders"),
         (
             lambda c: c["tasks"]["demo-spots"]["split"].update(n_folds=1),

@@ -55,7 +55,7 @@ def _outputs(args: argparse.Namespace) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     """Returns the argument parser of the ``histofuse`` command."""
-    from histofuse.cli import demo, embed, fit, report, tile
+    from histofuse.cli import demo, embed, fit, init, report, slides, tile
 
     p = _Parser(prog="histofuse", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"histofuse {__version__}")
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(
         dest="verb", required=True, metavar="VERB", help="a step (VERB --help for its flags)"
     )
-    for module in (demo, tile, embed, fit, report):
+    for module in (init, demo, tile, embed, fit, report, slides):
         module.register(sub)
     return p
 

@@ -47,6 +47,15 @@ def _one_job(args: argparse.Namespace) -> TileJob:
     )
 
 
+def _every_row(args: argparse.Namespace) -> list[str]:
+    """The samples of ``tile --sheet`` without ``--sample``: every row of the sheet."""
+    from histofuse.samples import load_samples
+
+    if args.hest_bench:
+        raise HistofuseError("tile --hest-bench: name the samples to tile with --sample")
+    return list(load_samples(args.sheet, check_files=False).index)
+
+
 def _tile(args: argparse.Namespace) -> None:
     from histofuse.settings import section
     from histofuse.slides.mpp import MppLimits
@@ -70,7 +79,7 @@ def _tile(args: argparse.Namespace) -> None:
         hest_bench = _hest_bench_tasks(args.hest_bench or [])
         tile_sheet(
             args.sheet,
-            args.sample,
+            args.sample or _every_row(args),
             Path(args.out_dir),
             spec,
             tiling["on_error"],
@@ -90,8 +99,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--sample",
         action="append",
-        required=True,
-        help="sample id of the sheet; once with --slide or --patches, repeat with --sheet",
+        default=[],
+        help="sample id of the sheet; once with --slide or --patches; repeat with --sheet "
+        "(none: every row of the sheet)",
     )
     s.add_argument(
         "--tiling",
@@ -106,7 +116,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--tiling; default: the section's tiling.on_error)",
     )
     s.add_argument(
-        "--sheet", help="sample sheet: tile the given samples into --out-dir (default: none)"
+        "--sheet",
+        help="sample sheet: tile the given samples (all rows without --sample) into --out-dir "
+        "(default: none)",
     )
     s.add_argument(
         "--out-dir", help="folder of {sample}.parquet files (with --sheet; default: none)"
@@ -114,8 +126,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--slide", help="whole-slide image of the one --sample (default: none)")
     s.add_argument(
         "--expression",
-        help=".h5ad with obsm['spatial'] (spot centres, level-0 px), whose spots are tiled in "
-        "tiling.mode `spots` (default: none)",
+        help=".h5ad with obsm['spatial'] (spot centres, level-0 px), or a Space Ranger outs/ "
+        "folder, whose spots are tiled in tiling.mode `spots` (default: none)",
     )
     s.add_argument(
         "--mpp",

@@ -177,6 +177,23 @@ def check_tasks(config: dict[str, Any], samples: pd.DataFrame) -> None:
             )
 
 
+def check_slide_only(config: dict[str, Any], samples: pd.DataFrame) -> None:
+    """Stops a study without tasks whose spot tiling would need expression files it lacks.
+
+    Raises:
+        HistofuseError: Naming the first sample without an expression file and the fix.
+    """
+    if config["tiling"]["mode"] != "spots":
+        return
+    lacking = [s for s in samples.index if not samples.at[s, "expression"]]
+    if lacking:
+        raise HistofuseError(
+            f"sample sheet {config['samples']}: sample {lacking[0]} has no expression file, and "
+            "`tiling.mode: spots` centres tiles on its spots; a study without tasks tiles its "
+            "slides with `tiling.mode: grid`"
+        )
+
+
 def plan_samples(
     config: dict[str, Any], demo: DemoLayout | None, known: dict[str, str]
 ) -> tuple[pd.DataFrame, dict[str, list[str]]]:
@@ -247,6 +264,8 @@ class Plan:
         check_tasks(config, samples)
         plan = cls(config, samples, shards, feature_sets, demo)
         check_splits(plan)  # a split the sheet cannot fill stops here, not after embedding
+        if plan.slide_only:
+            check_slide_only(config, samples)
         return plan
 
     def save_registry(self, path: str | Path) -> None:
@@ -475,6 +494,31 @@ class Plan:
         """The predictions files beside :meth:`metrics_files`, in the same order."""
         spots = [paths.predictions(*job) for job in self.spot_jobs()]
         return spots + self.bulk.prediction_files()
+
+    @property
+    def slide_only(self) -> bool:
+        """Whether the study fits nothing (no task, no bulk task): it tiles and embeds only.
+
+        Read from the config, so that asking does not check the bulk and PEKA parts early.
+        """
+        return not self.config["tasks"] and not self.config["bulk"]
+
+    def all_feature_manifests(self) -> list[str]:
+        """The manifests of every encoder's store of every shard (a slide-only study's features)."""
+        return [paths.features_manifest(e, s) for e in self.config["encoders"] for s in self.shards]
+
+    def tile_stats(self) -> tuple[list[str], list[str]]:
+        """The tile jobs' outputs the slides page waits for, and the stats files it reads.
+
+        Per-sample jobs declare each stats file (``results/tiles/{sample}.json``); a shard job
+        declares its folder, which holds its samples' stats files.
+        """
+        if self.config["tiling"]["jobs"] == "sample":
+            stats = [paths.TILES_STATS.format(sample=s) for s in self.samples.index]
+            return stats, stats
+        folders = [paths.SHARD_TILES.format(shard=shard) for shard in self.shards]
+        stats = [f"{folders[i]}/{s}.json" for i, m in enumerate(self.shards.values()) for s in m]
+        return folders, stats
 
     def qc_thumbnails(self) -> list[str]:
         """Tiling QC thumbnails for the report (made only by per-sample tiling jobs)."""

@@ -9,7 +9,7 @@ on disk until computed; each dask block reads the features of consecutive sample
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -177,6 +177,57 @@ def _index(names: list[str], opened: list[tuple[Any, ...]]) -> pd.DataFrame:
             "y": xy[:, 1],
         }
     )
+
+
+def read_samples(
+    stores: list[str | Path], samples: Collection[str], cache_key: str | None = None
+) -> tuple[pd.DataFrame, np.ndarray] | None:
+    """Reads the features of some samples of one encoder's stores into memory, without dask.
+
+    The rows of :func:`open_features` (stores in the order given, each store's samples in its
+    manifest's order) restricted to ``samples``, with the same checks (manifest, cache key,
+    sample groups, chunk checksums), read as :meth:`FeatureTable.load` reads: each sample
+    decoded straight into its rows of one array. Only these samples are opened, and no dask
+    graph is built, gathered or imported.
+
+    Args:
+        stores: Store paths of one encoder.
+        samples: Samples to read; others in the stores are not opened.
+        cache_key: If given, every store must carry this cache key.
+
+    Returns:
+        The index (``sample``, ``barcode``, ``x``, ``y``) and the features (N, D) in the stores'
+        dtype; None when no store holds any of the samples.
+
+    Raises:
+        HistofuseError: As :func:`open_features`, and if the stores' feature arrays differ in
+            width or dtype.
+    """
+    from zarr.core.sync import sync
+
+    wanted = set(samples)
+    indexes, arrays, first = [], [], None
+    for store in map(Path, stores):
+        manifest = read_manifest(store)
+        names = [name for name in manifest["samples"] if name in wanted]
+        root, opened = sync(_open_samples(store, names))
+        want = cache_key or (first or {}).get("cache_key")
+        prov = _checked_provenance(store, root, manifest, want)
+        first = first or prov
+        if names:
+            indexes.append(_index(names, opened))
+            arrays += [features for features, _, _ in opened]
+    if not arrays:
+        return None
+    dim, dtype = arrays[0].shape[1], arrays[0].dtype
+    if any(a.shape[1] != dim or a.dtype != dtype for a in arrays):
+        raise HistofuseError(
+            f"feature stores {', '.join(map(str, stores))} hold features of different widths or "
+            "dtypes; re-embed them with one configuration"
+        )
+    x = read_block([(a, 0, a.shape[0]) for a in arrays], dim, str(dtype))
+    index = pd.concat(indexes, ignore_index=True) if len(indexes) > 1 else indexes[0]
+    return index, x
 
 
 def open_features(

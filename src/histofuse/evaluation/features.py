@@ -36,6 +36,7 @@ def load_feature_set(
         with_blocks: Also return the per-encoder feature widths.
         memory_budget_mb: If the kept features, as float32, exceed this many MiB, they are not
             read: a :class:`~histofuse.heads.streaming.LazyFeatures` view is returned instead.
+            Without a budget the samples are read whole, straight from their chunks (no dask).
         cache_keys: The configured key of each encoder (see :func:`stores_by_encoder`).
 
     Returns:
@@ -48,6 +49,13 @@ def load_feature_set(
         HistofuseError: If the encoders do not cover the same tiles, or a store's key differs
             from the configured one.
     """
+    by_encoder = stores_by_encoder(stores, cache_keys)
+    encoders = sorted(by_encoder)
+    read = _read_aligned(by_encoder, encoders, samples) if memory_budget_mb is None else None
+    if read is not None:
+        x, index, widths = read
+        return (x, index, encoders, widths) if with_blocks else (x, index, encoders)
+
     from histofuse.cache import READ_BLOCK_BYTES
     from histofuse.heads.streaming import BATCH_SHARE, LazyFeatures, exceeds_budget
 
@@ -57,8 +65,6 @@ def load_feature_set(
         if memory_budget_mb is None
         else int(memory_budget_mb * 2**20 / BATCH_SHARE)
     )
-    by_encoder = stores_by_encoder(stores, cache_keys)
-    encoders = sorted(by_encoder)
     index, arrays, rows = _aligned_tables(by_encoder, encoders, samples, block_bytes)
     widths = [int(a.shape[1]) for a in arrays]
     x: Any = LazyFeatures(arrays, rows)
@@ -118,22 +124,77 @@ def _aligned_tables(
         keep = table.index["sample"].isin(samples).to_numpy()
         idx = table.index[keep].reset_index(drop=True)
         r = np.flatnonzero(keep)
-        key = pd.MultiIndex.from_frame(idx[["sample", "barcode"]])
-        if key.duplicated().any():
-            raise HistofuseError(f"encoder {name}: duplicate (sample, barcode) tiles in the cache")
+        key = _tile_key(name, idx)
         if index is None:
             index, ref = idx, key
         else:
-            pos = key.get_indexer(ref)
-            if (pos < 0).any() or len(key) != len(ref):
-                raise HistofuseError(
-                    f"encoder {name} does not cover the same tiles as {encoders[0]}; re-embed both "
-                    "from the same tiles"
-                )
-            r = r[pos]
+            r = r[_positions(name, key, ref, encoders[0])]
         arrays.append(table.features)
         rows.append(r)
     return index, arrays, rows
+
+
+def _read_aligned(
+    by_encoder: dict[str, list[Path]], encoders: list[str], samples: list[str]
+) -> tuple[np.ndarray, pd.DataFrame, list[int]] | None:
+    """The samples' features of every encoder read whole, as float32, in the first one's order.
+
+    The kept rows are whole samples, so each encoder's samples are read straight from their
+    chunks (:func:`histofuse.cache.reader.read_samples`) and only a later encoder whose tiles
+    are in another order is reordered, in memory. The values equal those of
+    :meth:`~histofuse.heads.streaming.LazyFeatures.read` (float16 to float32 is exact).
+
+    Returns:
+        Features (N, sum of widths), the index and the widths; None when an encoder's stores
+        hold none of the samples (the dask path then gives its result).
+    """
+    from histofuse.cache.reader import read_samples
+
+    index, ref, blocks = None, None, []
+    for name in encoders:
+        read = read_samples(by_encoder[name], samples)
+        if read is None:
+            return None
+        idx, x = read
+        key = _tile_key(name, idx)
+        if index is None:
+            index, ref = idx, key
+        else:
+            pos = _positions(name, key, ref, encoders[0])
+            if not np.array_equal(pos, np.arange(len(pos))):
+                x = x[pos]
+        blocks.append(x)
+    widths = [int(x.shape[1]) for x in blocks]
+    if len(blocks) == 1:
+        return blocks[0].astype(np.float32, copy=False), index, widths
+    return np.concatenate(blocks, axis=1, dtype=np.float32), index, widths
+
+
+def _tile_key(name: str, index: pd.DataFrame) -> pd.MultiIndex:
+    """The (sample, barcode) key of an encoder's tiles.
+
+    Raises:
+        HistofuseError: If a tile is there twice.
+    """
+    key = pd.MultiIndex.from_frame(index[["sample", "barcode"]])
+    if key.duplicated().any():
+        raise HistofuseError(f"encoder {name}: duplicate (sample, barcode) tiles in the cache")
+    return key
+
+
+def _positions(name: str, key: pd.MultiIndex, ref: pd.MultiIndex, first: str) -> np.ndarray:
+    """Where each tile of the first encoder (``ref``) is among encoder ``name``'s tiles.
+
+    Raises:
+        HistofuseError: If the two encoders do not cover the same tiles.
+    """
+    pos = key.get_indexer(ref)
+    if (pos < 0).any() or len(key) != len(ref):
+        raise HistofuseError(
+            f"encoder {name} does not cover the same tiles as {first}; re-embed both "
+            "from the same tiles"
+        )
+    return pos
 
 
 def recorded_failures(stores: Sequence[str | Path], samples: list[str]) -> dict[str, str]:

@@ -374,3 +374,168 @@ def test_no_negative_zero_and_one_dash_for_an_empty_cell(metrics_files, tmp_path
     assert cells(next(x for x in summary.splitlines() if "| enc_c |" in x))[6] == "0.000"
     html = (out / "index.html").read_text()
     assert "– ± –" not in html and ">-0.000<" not in html
+
+
+# --- Figures: read at page width ---------------------------------------------------------------
+
+PAGE_IN, PAGE_PX, MIN_PT = 7.0, 1400, 8.0
+LONG = ["uni", "conch_v1_5", "virchow2", "uni+conch_v1_5", "uni+conch_v1_5+virchow2", "peka:uni"]
+
+
+def write_predictions(root: Path, task: str, features: str, head: str, offset: float) -> Path:
+    """A predictions file in fit's layout: truth per gene, prediction = truth + noise + offset."""
+    rng = np.random.default_rng(0)
+    n = 60
+    table = {
+        "seed": 1,
+        "fold": np.arange(n) % 3,
+        "sample": "S",
+        "barcode": np.arange(n).astype(str),
+    }
+    for gene in GENES:
+        truth = rng.gamma(2.0, 1.0, n)
+        table[f"true:{gene}"] = truth
+        table[f"pred:{gene}"] = truth + rng.normal(0, 0.5, n) + offset
+    path = root / "predictions" / task / features / f"{head}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(table).to_parquet(path)
+    return path
+
+
+def many_methods(root: Path, best_head: str = "hest") -> tuple[list[Path], list[Path]]:
+    """Two tasks × six feature sets × two heads × two protocols; one method near r = -0.97.
+
+    The best method of every task and protocol is `uni+conch_v1_5+virchow2` with `best_head`.
+    """
+    files, preds = [], []
+    for task in ("task_a", "task_b"):
+        for i, features in enumerate(LONG):
+            for head in ("hest", "cross-attn-released"):
+                base = 0.1 + 0.05 * i + (0.1 if head == best_head else 0)
+                base = -0.87 if (features, head) == ("virchow2", "hest") else base
+                for protocol, samples in (("hest-pooled", 0), ("per-sample", 2)):
+                    files.append(
+                        write_metrics(
+                            root, task, features, head, base, seed=i,
+                            protocol=protocol, samples=samples,
+                        )
+                    )  # fmt: skip
+                preds.append(write_predictions(root, task, features, head, -2.5))
+    return files, preds
+
+
+@pytest.fixture()
+def drawn(tmp_path, monkeypatch):
+    """Builds a report and keeps every figure it saves, by file stem, for inspection."""
+    from matplotlib.figure import Figure
+
+    figures = {}
+    savefig = Figure.savefig
+
+    def keep(self, fname, *args, **kwargs):
+        figures[Path(fname).stem] = self
+        return savefig(self, fname, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+
+    def build(best_head: str = "hest"):
+        files, preds = many_methods(tmp_path, best_head)
+        out = tmp_path / "report"
+        build_report(files, out, predictions=preds, options=parse_options(FAST))
+        return out, figures
+
+    return build
+
+
+def drawn_texts(fig) -> list:
+    """(text artist, its box in pixels) of every visible, non-empty text the figure draws."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    canvas = FigureCanvasAgg(fig)  # the saved figure was closed, which took its canvas
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    out, tick_labels = [], set()
+    for ax in fig.get_axes():  # only the ticks drawn (those within the view limits)
+        for axis in (ax.xaxis, ax.yaxis):
+            out += [t.label1 for t in axis._update_ticks() if t.label1.get_visible()]
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                tick_labels |= {id(tick.label1), id(tick.label2)}
+    out += [t for t in fig.findobj(Text) if id(t) not in tick_labels]
+    return [
+        (t, t.get_window_extent(renderer))
+        for t in dict.fromkeys(out)
+        if t.get_visible() and t.get_text().strip()
+    ]
+
+
+def overlapping(boxes) -> list[tuple[str, str]]:
+    """Pairs of texts whose boxes overlap by more than one pixel each way."""
+    pairs = []
+    for i, (a, ba) in enumerate(boxes):
+        for b, bb in boxes[i + 1 :]:
+            dx = min(ba.x1, bb.x1) - max(ba.x0, bb.x0)
+            dy = min(ba.y1, bb.y1) - max(ba.y0, bb.y0)
+            if dx > 1 and dy > 1:
+                pairs.append((a.get_text(), b.get_text()))
+    return pairs
+
+
+def test_figures_read_at_page_width(drawn):
+    """Every text inside the canvas, none overprinting another, at 8 pt or more on a 7 in page."""
+    from PIL import Image
+
+    out, figures = drawn()
+    assert set(figures) == {"bars", "heatmap", "scatter"}
+    for name, fig in figures.items():
+        assert fig.get_figwidth() <= PAGE_IN, name
+        with Image.open(out / f"{name}.png") as png:
+            assert png.width <= PAGE_PX, (name, png.size)
+        assert (out / f"{name}.svg").stat().st_size > 1000
+        canvas = fig.bbox
+        boxes = drawn_texts(fig)
+        assert len(boxes) > 20, name
+        for text, box in boxes:
+            assert text.get_fontsize() >= MIN_PT, (name, text.get_text())
+            inside = (
+                box.x0 >= canvas.x0 - 1 and box.x1 <= canvas.x1 + 1
+                and box.y0 >= canvas.y0 - 1 and box.y1 <= canvas.y1 + 1
+            )  # fmt: skip
+            assert inside, (name, text.get_text(), box, canvas)
+        assert overlapping(boxes) == [], name
+    # Every method is named in the bar chart, and the legend explains the colours.
+    labels = {t.get_text() for ax in figures["bars"].axes for t in ax.get_yticklabels()}
+    assert "uni+conch_v1_5+virchow2 · cross-attn-released · per-sample" in labels
+    legend = figures["bars"].legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "one encoder", "fused: concatenated encoders", "learned feature set (PEKA)",
+    ]  # fmt: skip
+
+
+def test_heatmap_colour_bar_covers_the_data(drawn):
+    """A gene at r ≈ -0.97 gets its own colour, not the colour of -0.2."""
+    _, figures = drawn()
+    images = [im for ax in figures["heatmap"].axes for im in ax.get_images()]
+    assert len(images) == 2  # one panel per task
+    values = np.concatenate([np.ravel(im.get_array().compressed()) for im in images])
+    assert values.min() < -0.9
+    for im in images:
+        assert im.norm.vmin <= values.min() and im.norm.vmax >= values.max()
+
+
+def test_scatter_one_row_per_protocol_and_identity_only_for_calibrated_heads(drawn):
+    """Each (task, protocol) row names its protocol; hest (no intercept) gets no y = x line."""
+    _, figures = drawn("hest")
+    fig = figures["scatter"]
+    titles = [sub._suptitle.get_text() for sub in fig.subfigs]
+    assert len(titles) == 4
+    for task in ("task_a", "task_b"):
+        for protocol in ("hest-pooled", "per-sample"):
+            assert sum(f"{task} · {protocol} protocol" in t for t in titles) == 1
+    assert all("fits no intercept" in t for t in titles)
+    assert all(not ax.lines for ax in fig.axes)  # no identity line under an offset probe
+    _, figures = drawn("cross-attn-released")
+    fig = figures["scatter"]
+    assert all("y = x" in sub._suptitle.get_text() for sub in fig.subfigs)
+    drawn_axes = [ax for ax in fig.axes if ax.collections]
+    assert drawn_axes and all(len(ax.lines) == 1 for ax in drawn_axes)

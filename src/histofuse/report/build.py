@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from histofuse.report import identical, plots
+from histofuse.report import identical, plots, scatter
 from histofuse.report.render import MISSING, Grid, fmt, fmt_ci, fmt_p, fmt_pm
 from histofuse.report.summary import SUMMARY_COLUMNS, summarise
 from histofuse.report.tables import (
@@ -290,8 +290,8 @@ def write_html(
         ]
     captions = {
         "bars": "Pearson per method and task (error bars: std over folds)",
-        "heatmap": "Per-gene Pearson (genes × methods)",
-        "scatter": "Predicted vs true expression, best genes of the best method",
+        "heatmap": "Per-gene Pearson (methods × most method-variable genes)",
+        "scatter": "Predicted vs true expression, best genes of the best method per protocol",
     }
     for name, path in figures.items():
         parts.append(f"<h2>{captions[name]}</h2>")
@@ -381,7 +381,7 @@ def build_report(
     figures = {"bars": plots.bar_chart(summary, out / "bars")[0]}
     figures["heatmap"] = plots.heatmap(genes, summary, out / "heatmap", options.heatmap_genes)[0]
     if predictions:
-        figures["scatter"] = plots.scatter_best_genes(
+        figures["scatter"] = scatter.scatter_best_genes(
             summary, genes, predictions, out / "scatter", options.scatter_genes
         )[0]
     write_html(out, grids, figures, [Path(p) for p in qc])

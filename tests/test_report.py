@@ -539,3 +539,109 @@ def test_scatter_one_row_per_protocol_and_identity_only_for_calibrated_heads(dra
     assert all("y = x" in sub._suptitle.get_text() for sub in fig.subfigs)
     drawn_axes = [ax for ax in fig.axes if ax.collections]
     assert drawn_axes and all(len(ax.lines) == 1 for ax in drawn_axes)
+
+
+# --- Data and design ---------------------------------------------------------------------------
+
+
+def with_run_metadata(path: Path, scheme: str, missing: dict, dropped: list) -> Path:
+    """Rewrites a metrics file with the metadata the fit stage records (via its writer)."""
+    from histofuse.atomic import write_parquet
+
+    table = pd.read_parquet(path)
+    per_sample = table["sample"] != ""
+    # A fold's 100 test spots split between its samples, as fit scores them.
+    table.loc[per_sample, "n"] = (
+        100 // table.loc[per_sample].groupby("fold")["sample"].nunique().max()
+    )
+    folds = {f"1/{f}": GENES for f in table["fold"].unique()}
+    split = {"scheme": scheme, "n_folds": 3, "n_repeats": 10, "dir": None}
+    meta = {
+        "task": {"split": split, "seed": 1, "genes": {"top_k": len(GENES)}},
+        "dropped_spots": dropped,
+        "missing_samples": missing,
+        "encoders": [table["features"].iloc[0]],
+        "genes": folds,
+    }
+    write_parquet(table, path, meta)
+    return path
+
+
+def feature_store(root: Path, encoder: str, shard: str, samples: dict, sha: str) -> Path:
+    """A feature store's root (its provenance) and manifest, written by the cache's writer."""
+    import zarr
+
+    from histofuse.cache.manifest import manifest_path, write_manifest
+
+    store = root / "features" / encoder / f"{shard}.zarr"
+    group = zarr.open_group(str(store), mode="w", zarr_format=3)
+    group.attrs["histofuse"] = {
+        "encoder": {"name": encoder},
+        "weights_sha256": sha,
+        "weights_source": "hub",
+        "dtype": "float16",
+        "versions": {"histofuse": "9.9.9"},
+    }
+    write_manifest(store, f"key-{encoder}", samples)
+    return manifest_path(store)
+
+
+def test_data_and_design_section_counts_what_the_run_wrote(tmp_path):
+    from histofuse.slides.tiling import write_stats
+
+    dropped = [{"sample": "S0_0", "barcode": f"b{i}", "reason": "nan features"} for i in range(4)]
+    files = [
+        with_run_metadata(
+            write_metrics(tmp_path, "t", f, "hest", b, s, protocol=p, samples=n),
+            "patient-kfold", {"S9_0": "unreadable slide"}, dropped,
+        )
+        for f, b, s in (("enc_a", 0.3, 1), ("enc_b", 0.2, 2))
+        for p, n in (("hest-pooled", 0), ("per-sample", 2))
+    ]  # fmt: skip
+    samples = [f"S{fold}_{i}" for fold in range(3) for i in range(2)]  # write_metrics' names
+    sheet = tmp_path / "samples.tsv"
+    patients = [f"P{k // 3}" for k in range(len(samples))]  # two patients
+    pd.DataFrame({"sample_id": samples, "patient_id": patients}).to_csv(sheet, sep="\t")
+    design = [sheet]
+    for enc, sha in (("enc_a", "a" * 64), ("enc_b", "b" * 64)):
+        design.append(feature_store(tmp_path, enc, "0000", {s: 10 for s in samples[:4]}, sha))
+        design.append(feature_store(tmp_path, enc, "0001", {s: 7 for s in samples[4:]}, sha))
+    for k, s in enumerate(samples):
+        stats = tmp_path / "tiles" / f"{s}.json"
+        stats.parent.mkdir(exist_ok=True)
+        source = "openslide.mpp" if k < 4 else "override"
+        write_stats({"sample": s, "mpp_x": 0.25, "mpp_source": source, "effective_mpp": 0.5,
+                     "n_tiles": 10 + k}, stats)  # fmt: skip
+        design.append(stats)
+    out = tmp_path / "report"
+    build_report(files, out, options=parse_options(FAST), design_files=design)
+
+    rows = pd.read_csv(out / "design.csv", dtype=str, keep_default_na=False)
+    fact = rows.set_index(["table", "key", "column"])["value"]
+    assert fact[("tasks", "t", "samples")] == "6"
+    assert fact[("tasks", "t", "patients")] == "2"
+    assert fact[("tasks", "t", "spots")] == "300"  # 100 test spots in each of 3 folds
+    assert fact[("tasks", "t", "genes per fold")] == str(len(GENES))
+    assert fact[("tasks", "t", "split")] == "patient-kfold"
+    assert fact[("tasks", "t", "folds")] == "3"
+    assert fact[("tasks", "t", "repeats")] == "–"  # n_repeats is for repeated-kfold only
+    assert fact[("tasks", "t", "seeds")] == "1"
+    assert fact[("tasks", "t", "samples left out")] == "1"
+    assert fact[("tasks", "t", "spots dropped")] == "4"
+    for enc, sha in (("enc_a", "a" * 64), ("enc_b", "b" * 64)):
+        assert fact[("encoders", enc, "shards")] == "2"
+        assert fact[("encoders", enc, "tiles")] == str(4 * 10 + 2 * 7)
+        assert fact[("encoders", enc, "weights sha256")] == sha
+        assert fact[("encoders", enc, "cache keys")] == f"key-{enc}"
+        assert fact[("encoders", enc, "histofuse")] == "9.9.9"
+    assert fact[("tiling", "0.25 · openslide.mpp · 0.5", "samples")] == "4"
+    assert fact[("tiling", "0.25 · openslide.mpp · 0.5", "tiles")] == str(10 + 11 + 12 + 13)
+    assert fact[("tiling", "0.25 · override · 0.5", "samples")] == "2"
+    assert fact[("tiling", "0.25 · override · 0.5", "tiles")] == str(14 + 15)
+    assert fact.index.is_unique
+    from histofuse import __version__
+
+    assert fact[("report", "histofuse", "version")] == __version__
+    html = (out / "index.html").read_text()
+    assert "Data and design" in html and "a" * 64 in html and "patient-kfold" in html
+    assert "openslide.mpp" in (out / "design.md").read_text()

@@ -374,3 +374,274 @@ def test_no_negative_zero_and_one_dash_for_an_empty_cell(metrics_files, tmp_path
     assert cells(next(x for x in summary.splitlines() if "| enc_c |" in x))[6] == "0.000"
     html = (out / "index.html").read_text()
     assert "– ± –" not in html and ">-0.000<" not in html
+
+
+# --- Figures: read at page width ---------------------------------------------------------------
+
+PAGE_IN, PAGE_PX, MIN_PT = 7.0, 1400, 8.0
+LONG = ["uni", "conch_v1_5", "virchow2", "uni+conch_v1_5", "uni+conch_v1_5+virchow2", "peka:uni"]
+
+
+def write_predictions(root: Path, task: str, features: str, head: str, offset: float) -> Path:
+    """A predictions file in fit's layout: truth per gene, prediction = truth + noise + offset."""
+    rng = np.random.default_rng(0)
+    n = 60
+    table = {
+        "seed": 1,
+        "fold": np.arange(n) % 3,
+        "sample": "S",
+        "barcode": np.arange(n).astype(str),
+    }
+    for gene in GENES:
+        truth = rng.gamma(2.0, 1.0, n)
+        table[f"true:{gene}"] = truth
+        table[f"pred:{gene}"] = truth + rng.normal(0, 0.5, n) + offset
+    path = root / "predictions" / task / features / f"{head}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(table).to_parquet(path)
+    return path
+
+
+def many_methods(root: Path, best_head: str = "hest") -> tuple[list[Path], list[Path]]:
+    """Two tasks × six feature sets × two heads × two protocols; one method near r = -0.97.
+
+    The best method of every task and protocol is `uni+conch_v1_5+virchow2` with `best_head`.
+    """
+    files, preds = [], []
+    for task in ("task_a", "task_b"):
+        for i, features in enumerate(LONG):
+            for head in ("hest", "cross-attn-released"):
+                base = 0.1 + 0.05 * i + (0.1 if head == best_head else 0)
+                base = -0.87 if (features, head) == ("virchow2", "hest") else base
+                for protocol, samples in (("hest-pooled", 0), ("per-sample", 2)):
+                    files.append(
+                        write_metrics(
+                            root, task, features, head, base, seed=i,
+                            protocol=protocol, samples=samples,
+                        )
+                    )  # fmt: skip
+                preds.append(write_predictions(root, task, features, head, -2.5))
+    return files, preds
+
+
+@pytest.fixture()
+def drawn(tmp_path, monkeypatch):
+    """Builds a report and keeps every figure it saves, by file stem, for inspection."""
+    from matplotlib.figure import Figure
+
+    figures = {}
+    savefig = Figure.savefig
+
+    def keep(self, fname, *args, **kwargs):
+        figures[Path(fname).stem] = self
+        return savefig(self, fname, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+
+    def build(best_head: str = "hest"):
+        files, preds = many_methods(tmp_path, best_head)
+        out = tmp_path / "report"
+        build_report(files, out, predictions=preds, options=parse_options(FAST))
+        return out, figures
+
+    return build
+
+
+def drawn_texts(fig) -> list:
+    """(text artist, its box in pixels) of every visible, non-empty text the figure draws."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    canvas = FigureCanvasAgg(fig)  # the saved figure was closed, which took its canvas
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    out, tick_labels = [], set()
+    for ax in fig.get_axes():  # only the ticks drawn (those within the view limits)
+        for axis in (ax.xaxis, ax.yaxis):
+            out += [t.label1 for t in axis._update_ticks() if t.label1.get_visible()]
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                tick_labels |= {id(tick.label1), id(tick.label2)}
+    out += [t for t in fig.findobj(Text) if id(t) not in tick_labels]
+    return [
+        (t, t.get_window_extent(renderer))
+        for t in dict.fromkeys(out)
+        if t.get_visible() and t.get_text().strip()
+    ]
+
+
+def overlapping(boxes) -> list[tuple[str, str]]:
+    """Pairs of texts whose boxes overlap by more than one pixel each way."""
+    pairs = []
+    for i, (a, ba) in enumerate(boxes):
+        for b, bb in boxes[i + 1 :]:
+            dx = min(ba.x1, bb.x1) - max(ba.x0, bb.x0)
+            dy = min(ba.y1, bb.y1) - max(ba.y0, bb.y0)
+            if dx > 1 and dy > 1:
+                pairs.append((a.get_text(), b.get_text()))
+    return pairs
+
+
+def test_figures_read_at_page_width(drawn):
+    """Every text inside the canvas, none overprinting another, at 8 pt or more on a 7 in page."""
+    from PIL import Image
+
+    out, figures = drawn()
+    assert set(figures) == {"bars", "heatmap", "scatter"}
+    for name, fig in figures.items():
+        assert fig.get_figwidth() <= PAGE_IN, name
+        with Image.open(out / f"{name}.png") as png:
+            assert png.width <= PAGE_PX, (name, png.size)
+        assert (out / f"{name}.svg").stat().st_size > 1000
+        canvas = fig.bbox
+        boxes = drawn_texts(fig)
+        assert len(boxes) > 20, name
+        for text, box in boxes:
+            assert text.get_fontsize() >= MIN_PT, (name, text.get_text())
+            inside = (
+                box.x0 >= canvas.x0 - 1 and box.x1 <= canvas.x1 + 1
+                and box.y0 >= canvas.y0 - 1 and box.y1 <= canvas.y1 + 1
+            )  # fmt: skip
+            assert inside, (name, text.get_text(), box, canvas)
+        assert overlapping(boxes) == [], name
+    # Every method is named in the bar chart, and the legend explains the colours.
+    labels = {t.get_text() for ax in figures["bars"].axes for t in ax.get_yticklabels()}
+    assert "uni+conch_v1_5+virchow2 · cross-attn-released · per-sample" in labels
+    legend = figures["bars"].legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "one encoder", "fused: concatenated encoders", "learned feature set (PEKA)",
+    ]  # fmt: skip
+
+
+def test_heatmap_colour_bar_covers_the_data(drawn):
+    """A gene at r ≈ -0.97 gets its own colour, not the colour of -0.2."""
+    _, figures = drawn()
+    images = [im for ax in figures["heatmap"].axes for im in ax.get_images()]
+    assert len(images) == 2  # one panel per task
+    values = np.concatenate([np.ravel(im.get_array().compressed()) for im in images])
+    assert values.min() < -0.9
+    for im in images:
+        assert im.norm.vmin <= values.min() and im.norm.vmax >= values.max()
+
+
+def test_scatter_one_row_per_protocol_and_identity_only_for_calibrated_heads(drawn):
+    """Each (task, protocol) row names its protocol; hest (no intercept) gets no y = x line."""
+    _, figures = drawn("hest")
+    fig = figures["scatter"]
+    titles = [sub._suptitle.get_text() for sub in fig.subfigs]
+    assert len(titles) == 4
+    for task in ("task_a", "task_b"):
+        for protocol in ("hest-pooled", "per-sample"):
+            assert sum(f"{task} · {protocol} protocol" in t for t in titles) == 1
+    assert all("fits no intercept" in t for t in titles)
+    assert all(not ax.lines for ax in fig.axes)  # no identity line under an offset probe
+    _, figures = drawn("cross-attn-released")
+    fig = figures["scatter"]
+    assert all("y = x" in sub._suptitle.get_text() for sub in fig.subfigs)
+    drawn_axes = [ax for ax in fig.axes if ax.collections]
+    assert drawn_axes and all(len(ax.lines) == 1 for ax in drawn_axes)
+
+
+# --- Data and design ---------------------------------------------------------------------------
+
+
+def with_run_metadata(path: Path, scheme: str, missing: dict, dropped: list) -> Path:
+    """Rewrites a metrics file with the metadata the fit stage records (via its writer)."""
+    from histofuse.atomic import write_parquet
+
+    table = pd.read_parquet(path)
+    per_sample = table["sample"] != ""
+    # A fold's 100 test spots split between its samples, as fit scores them.
+    table.loc[per_sample, "n"] = (
+        100 // table.loc[per_sample].groupby("fold")["sample"].nunique().max()
+    )
+    folds = {f"1/{f}": GENES for f in table["fold"].unique()}
+    split = {"scheme": scheme, "n_folds": 3, "n_repeats": 10, "dir": None}
+    meta = {
+        "task": {"split": split, "seed": 1, "genes": {"top_k": len(GENES)}},
+        "dropped_spots": dropped,
+        "missing_samples": missing,
+        "encoders": [table["features"].iloc[0]],
+        "genes": folds,
+    }
+    write_parquet(table, path, meta)
+    return path
+
+
+def feature_store(root: Path, encoder: str, shard: str, samples: dict, sha: str) -> Path:
+    """A feature store's root (its provenance) and manifest, written by the cache's writer."""
+    import zarr
+
+    from histofuse.cache.manifest import manifest_path, write_manifest
+
+    store = root / "features" / encoder / f"{shard}.zarr"
+    group = zarr.open_group(str(store), mode="w", zarr_format=3)
+    group.attrs["histofuse"] = {
+        "encoder": {"name": encoder},
+        "weights_sha256": sha,
+        "weights_source": "hub",
+        "dtype": "float16",
+        "versions": {"histofuse": "9.9.9"},
+    }
+    write_manifest(store, f"key-{encoder}", samples)
+    return manifest_path(store)
+
+
+def test_data_and_design_section_counts_what_the_run_wrote(tmp_path):
+    from histofuse.slides.tiling import write_stats
+
+    dropped = [{"sample": "S0_0", "barcode": f"b{i}", "reason": "nan features"} for i in range(4)]
+    files = [
+        with_run_metadata(
+            write_metrics(tmp_path, "t", f, "hest", b, s, protocol=p, samples=n),
+            "patient-kfold", {"S9_0": "unreadable slide"}, dropped,
+        )
+        for f, b, s in (("enc_a", 0.3, 1), ("enc_b", 0.2, 2))
+        for p, n in (("hest-pooled", 0), ("per-sample", 2))
+    ]  # fmt: skip
+    samples = [f"S{fold}_{i}" for fold in range(3) for i in range(2)]  # write_metrics' names
+    sheet = tmp_path / "samples.tsv"
+    patients = [f"P{k // 3}" for k in range(len(samples))]  # two patients
+    pd.DataFrame({"sample_id": samples, "patient_id": patients}).to_csv(sheet, sep="\t")
+    design = [sheet]
+    for enc, sha in (("enc_a", "a" * 64), ("enc_b", "b" * 64)):
+        design.append(feature_store(tmp_path, enc, "0000", {s: 10 for s in samples[:4]}, sha))
+        design.append(feature_store(tmp_path, enc, "0001", {s: 7 for s in samples[4:]}, sha))
+    for k, s in enumerate(samples):
+        stats = tmp_path / "tiles" / f"{s}.json"
+        stats.parent.mkdir(exist_ok=True)
+        source = "openslide.mpp" if k < 4 else "override"
+        write_stats({"sample": s, "mpp_x": 0.25, "mpp_source": source, "effective_mpp": 0.5,
+                     "n_tiles": 10 + k}, stats)  # fmt: skip
+        design.append(stats)
+    out = tmp_path / "report"
+    build_report(files, out, options=parse_options(FAST), design_files=design)
+
+    rows = pd.read_csv(out / "design.csv", dtype=str, keep_default_na=False)
+    fact = rows.set_index(["table", "key", "column"])["value"]
+    assert fact[("tasks", "t", "samples")] == "6"
+    assert fact[("tasks", "t", "patients")] == "2"
+    assert fact[("tasks", "t", "spots")] == "300"  # 100 test spots in each of 3 folds
+    assert fact[("tasks", "t", "genes per fold")] == str(len(GENES))
+    assert fact[("tasks", "t", "split")] == "patient-kfold"
+    assert fact[("tasks", "t", "folds")] == "3"
+    assert fact[("tasks", "t", "repeats")] == "–"  # n_repeats is for repeated-kfold only
+    assert fact[("tasks", "t", "seeds")] == "1"
+    assert fact[("tasks", "t", "samples left out")] == "1"
+    assert fact[("tasks", "t", "spots dropped")] == "4"
+    for enc, sha in (("enc_a", "a" * 64), ("enc_b", "b" * 64)):
+        assert fact[("encoders", enc, "shards")] == "2"
+        assert fact[("encoders", enc, "tiles")] == str(4 * 10 + 2 * 7)
+        assert fact[("encoders", enc, "weights sha256")] == sha
+        assert fact[("encoders", enc, "cache keys")] == f"key-{enc}"
+        assert fact[("encoders", enc, "histofuse")] == "9.9.9"
+    assert fact[("tiling", "0.25 · openslide.mpp · 0.5", "samples")] == "4"
+    assert fact[("tiling", "0.25 · openslide.mpp · 0.5", "tiles")] == str(10 + 11 + 12 + 13)
+    assert fact[("tiling", "0.25 · override · 0.5", "samples")] == "2"
+    assert fact[("tiling", "0.25 · override · 0.5", "tiles")] == str(14 + 15)
+    assert fact.index.is_unique
+    from histofuse import __version__
+
+    assert fact[("report", "histofuse", "version")] == __version__
+    html = (out / "index.html").read_text()
+    assert "Data and design" in html and "a" * 64 in html and "patient-kfold" in html
+    assert "openslide.mpp" in (out / "design.md").read_text()

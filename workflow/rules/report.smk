@@ -5,6 +5,7 @@ rule report:
         metrics=PLAN.metrics_files(),
         predictions=PLAN.prediction_files(),
         qc=PLAN.qc_thumbnails(),
+        design=PLAN.design_files(),
     output:
         csv=report(
             paths.report("summary.csv"), caption="../report/summary.rst", category="Summary"
@@ -37,6 +38,10 @@ rule report:
         missing=report(
             paths.report("missing.csv"), caption="../report/missing.rst", category="Tables"
         ),
+        design=report(
+            paths.report("design.csv"), caption="../report/design.rst", category="Summary"
+        ),
+        design_md=paths.report("design.md"),
         html=report(paths.report("index.html"), caption="../report/index.rst", category="Summary"),
     params:
         out=parent_of_first_output,

@@ -526,6 +526,25 @@ class Plan:
             return []
         return [paths.tiles_qc(s) for s in self.samples.index]
 
+    def design_files(self) -> list[str]:
+        """What the report's data-and-design tables read besides the metrics files.
+
+        The sample sheet (patients), the manifest of every feature store a fit job reads (the
+        store's provenance lies beside it), and the tile stats: one JSON per sample tiled on
+        its own, else each shard's tiles folder (which holds them).
+        """
+        manifests = dict.fromkeys(
+            m
+            for task, features, _ in self.fit_jobs()
+            for m in self.feature_manifests(task, features)
+        )
+        if self.config["tiling"]["jobs"] == "sample":
+            tiles = [paths.TILES_STATS.format(sample=s) for s in self.samples.index]
+        else:
+            tiles = [paths.SHARD_TILES.format(shard=s) for s in self.shards]
+        sheet = [self.config["samples"]] if self.config.get("samples") else []
+        return [*sheet, *manifests, *tiles]
+
     def task_json(self, task: str) -> str:
         """A task's settings, the ``--task-json`` of its jobs."""
         return as_json(self.config["tasks"][task])

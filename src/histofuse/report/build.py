@@ -12,6 +12,7 @@ Files written into the output folder:
 * ``gains.{csv,md,tex}`` — relative gain of each multi-encoder row over its singles' mean and over
   the best single encoder.
 * ``per_gene.{csv,md,tex}`` — Pearson per gene and method.
+* ``design.{csv,md}`` — the run's data and design (:mod:`histofuse.report.design`).
 * ``bars``, ``heatmap``, ``scatter`` as ``.png`` and ``.svg``; ``index.html``.
 """
 
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from histofuse.report import identical, plots
+from histofuse.report import design, identical, plots, scatter
 from histofuse.report.render import MISSING, Grid, fmt, fmt_ci, fmt_p, fmt_pm
 from histofuse.report.summary import SUMMARY_COLUMNS, summarise
 from histofuse.report.tables import (
@@ -283,6 +284,9 @@ def write_html(
         f"<title>histofuse report</title><style>{_CSS}</style></head><body>",
         "<h1>histofuse report</h1>",
     ]
+    if grids.get("design"):
+        parts.append("<h2 id='design'>Data and design</h2>")
+        parts += [g.to_html(f"table-design-{i}") for i, g in enumerate(grids["design"])]
     for name, title in (("summary", "Summary"), ("wide", "Per task"), ("gains", "Fusion gains")):
         parts.append(f"<h2>{title}</h2>")
         parts += [
@@ -290,8 +294,8 @@ def write_html(
         ]
     captions = {
         "bars": "Pearson per method and task (error bars: std over folds)",
-        "heatmap": "Per-gene Pearson (genes × methods)",
-        "scatter": "Predicted vs true expression, best genes of the best method",
+        "heatmap": "Per-gene Pearson (methods × most method-variable genes)",
+        "scatter": "Predicted vs true expression, best genes of the best method per protocol",
     }
     for name, path in figures.items():
         parts.append(f"<h2>{captions[name]}</h2>")
@@ -322,6 +326,33 @@ def _write_csvs(out: Path, summary, wide, gains, per_gene) -> None:
     per_gene.to_csv(out / "per_gene.csv", index=False, float_format="%.6f")
 
 
+_HEADINGS = {
+    "summary": "# histofuse summary\n\n",
+    "wide": "# histofuse: Pearson per task\n\n",
+    "gains": "# histofuse: fusion gains\n\n",
+    "per_gene": "# histofuse: per-gene Pearson\n\n",
+}
+
+
+def _write_tables(out: Path, grids: dict[str, list[Grid]]) -> None:
+    """The Markdown and LaTeX tables, one file per table family."""
+    for name in TABLES:
+        (out / f"{name}.md").write_text(
+            _HEADINGS[name] + "\n".join(g.to_markdown() for g in grids[name])
+        )
+        (out / f"{name}.tex").write_text(
+            "\n".join(
+                g.to_latex(f"{name.replace('_', '-')}-{i}") for i, g in enumerate(grids[name])
+            )
+        )
+
+
+def _version() -> str:
+    from histofuse import __version__
+
+    return __version__
+
+
 def build_report(
     metrics_files: Sequence[str | Path],
     out_dir: str | Path,
@@ -329,6 +360,7 @@ def build_report(
     predictions: Sequence[str | Path] = (),
     qc: Sequence[str | Path] = (),
     options: ReportOptions | None = None,
+    design_files: Sequence[str | Path] = (),
 ) -> pd.DataFrame:
     """Writes every table, figure and ``index.html`` into ``out_dir``; returns the summary.
 
@@ -338,6 +370,8 @@ def build_report(
         predictions: Predictions files; the scatter is drawn only when given.
         qc: Tiling QC thumbnails (PNG) to show in the HTML page.
         options: Table and figure settings.
+        design_files: Feature store manifests, tile stats JSON (or shard tile folders) and the
+            sample sheet, for the data-and-design tables (the tasks table needs none).
 
     Raises:
         HistofuseError: For missing or malformed metrics files or options.
@@ -361,27 +395,16 @@ def build_report(
         "wide": [wide_grid(wide, options)],
         "gains": [gains_grid(identical.collapse(gains, groups), options)],
         "per_gene": per_gene_grids(genes, summary, options),
+        "design": design.write_design(
+            out, design.design_tables(metrics_files, design_files), _version()
+        ),
     }
-    heading = {
-        "summary": "# histofuse summary\n\n",
-        "wide": "# histofuse: Pearson per task\n\n",
-        "gains": "# histofuse: fusion gains\n\n",
-        "per_gene": "# histofuse: per-gene Pearson\n\n",
-    }
-    for name in TABLES:
-        (out / f"{name}.md").write_text(
-            heading[name] + "\n".join(g.to_markdown() for g in grids[name])
-        )
-        (out / f"{name}.tex").write_text(
-            "\n".join(
-                g.to_latex(f"{name.replace('_', '-')}-{i}") for i, g in enumerate(grids[name])
-            )
-        )
+    _write_tables(out, grids)
 
     figures = {"bars": plots.bar_chart(summary, out / "bars")[0]}
     figures["heatmap"] = plots.heatmap(genes, summary, out / "heatmap", options.heatmap_genes)[0]
     if predictions:
-        figures["scatter"] = plots.scatter_best_genes(
+        figures["scatter"] = scatter.scatter_best_genes(
             summary, genes, predictions, out / "scatter", options.scatter_genes
         )[0]
     write_html(out, grids, figures, [Path(p) for p in qc])

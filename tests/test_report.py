@@ -562,6 +562,7 @@ def with_run_metadata(path: Path, scheme: str, missing: dict, dropped: list) -> 
         "missing_samples": missing,
         "encoders": [table["features"].iloc[0]],
         "genes": folds,
+        "warnings": [f"split {scheme}: a warning the fit recorded"],
     }
     write_parquet(table, path, meta)
     return path
@@ -610,8 +611,9 @@ def test_data_and_design_section_counts_what_the_run_wrote(tmp_path):
         stats = tmp_path / "tiles" / f"{s}.json"
         stats.parent.mkdir(exist_ok=True)
         source = "openslide.mpp" if k < 4 else "override"
+        warnings = ["slide has no pyramid"] if k == 0 else []
         write_stats({"sample": s, "mpp_x": 0.25, "mpp_source": source, "effective_mpp": 0.5,
-                     "n_tiles": 10 + k}, stats)  # fmt: skip
+                     "n_tiles": 10 + k, "warnings": warnings}, stats)  # fmt: skip
         design.append(stats)
     out = tmp_path / "report"
     build_report(files, out, options=parse_options(FAST), design_files=design)
@@ -638,6 +640,12 @@ def test_data_and_design_section_counts_what_the_run_wrote(tmp_path):
     assert fact[("tiling", "0.25 · openslide.mpp · 0.5", "tiles")] == str(10 + 11 + 12 + 13)
     assert fact[("tiling", "0.25 · override · 0.5", "samples")] == "2"
     assert fact[("tiling", "0.25 · override · 0.5", "tiles")] == str(14 + 15)
+    # every recorded warning is in the report, once per place
+    assert fact[("warnings", "sample S0_0", "warning")] == "slide has no pyramid"
+    assert (
+        fact[("warnings", "task t", "warning")] == "split patient-kfold: a warning the fit recorded"
+    )
+    assert not any(key.startswith("sample S1") for key in rows["key"])
     assert fact.index.is_unique
     from histofuse import __version__
 

@@ -56,5 +56,6 @@ rule report:
         "../../envs/histofuse.yaml"
     shell:
         "histofuse report --metrics {input.metrics:q} --predictions {input.predictions:q}"
-        " --qc {input.qc:q} --options {params.options:q} --out {params.out:q} > {log:q} 2>&1"
+        " --qc {input.qc:q} --design {input.design:q} --options {params.options:q}"
+        " --out {params.out:q} > {log:q} 2>&1"
 

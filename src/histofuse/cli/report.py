@@ -20,6 +20,7 @@ def _report(args: argparse.Namespace) -> None:
         predictions=args.predictions or (),
         qc=args.qc or (),
         options=parse_options(options),
+        design_files=args.design or (),
     )
     logging.info("report: %d rows", len(summary))
 
@@ -36,6 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument(
         "--qc", nargs="*", help="tiling QC thumbnails (PNG) shown in index.html (default: none)"
+    )
+    s.add_argument(
+        "--design",
+        nargs="*",
+        help="sample sheet, feature store manifests and tile stats JSON files, read for the "
+        "data-and-design tables (default: none; the tables then hold what the metrics say)",
     )
     s.add_argument(
         "--options",

@@ -1,6 +1,6 @@
 """The data and design of a run, from what the run wrote: ``design.{csv,md}`` and an HTML section.
 
-Three tables, each built from files the run produced (never from the config):
+Four tables, each built from files the run produced (never from the config):
 
 * **tasks** — from the metrics files (their rows and their metadata): samples and spots scored,
   patients (from the sample sheet, when given), target genes per fold, split scheme, folds,
@@ -9,7 +9,9 @@ Three tables, each built from files the run produced (never from the config):
   ``zarr.json``: shards, tiles, weights (SHA-256 and source), cache keys, precision and the
   histofuse version that embedded them;
 * **tiling** — from the tile stats JSON of each sample: µm/px of the slides and where the value
-  came from, the µm/px tiles were read at, samples and tiles.
+  came from, the µm/px tiles were read at, samples and tiles;
+* **warnings** — every warning the run recorded: the tile stats' (µm/px disagreements, slides
+  without a pyramid) and the metrics files' (a split that leaks), so none stays in a log.
 
 ``design.csv`` holds every fact as ``table, key, column, value`` rows; ``design.md`` and the
 HTML section show the same tables.
@@ -33,8 +35,9 @@ ENCODER_COLUMNS = [
     "encoder", "shards", "tiles", "weights sha256", "weights", "cache keys", "dtype", "histofuse",
 ]  # fmt: skip
 TILING_COLUMNS = ["µm/px", "µm/px source", "read at µm/px", "samples", "tiles"]
+WARNING_COLUMNS = ["where", "warning"]
 #: How many leading columns name a row of each table (``key`` in design.csv, joined by ·).
-KEY_COLUMNS = {"tasks": 1, "encoders": 1, "tiling": 3}
+KEY_COLUMNS = {"tasks": 1, "encoders": 1, "tiling": 3, "warnings": 1}
 
 
 def _joined(values: Iterable) -> str:
@@ -184,6 +187,24 @@ def tiling_table(stats: Sequence[Path]) -> pd.DataFrame:
     return out.agg(samples=("sample", "nunique"), tiles=("tiles", "sum"))[TILING_COLUMNS]
 
 
+def warnings_table(metrics_files: Sequence[str | Path], stats: Sequence[Path]) -> pd.DataFrame:
+    """Every recorded warning, once: ``sample …`` from tile stats, ``task …`` from metrics."""
+    rows = [
+        {"where": f"sample {doc.get('sample', Path(path).stem)}", "warning": str(w)}
+        for path in stats
+        for doc in [json.loads(Path(path).read_text())]
+        for w in doc.get("warnings") or []
+    ]
+    for path in metrics_files:
+        found = _metrics_meta(path).get("warnings") or []
+        if found:
+            task = pd.read_parquet(path, columns=["task"])["task"].iloc[0]
+            rows += [{"where": f"task {task}", "warning": str(w)} for w in found]
+    frame = pd.DataFrame(rows, columns=WARNING_COLUMNS).drop_duplicates()
+    # one row per place: a warning repeated by every file of a task is said once
+    return frame.groupby("where", sort=True, as_index=False).agg({"warning": " | ".join})
+
+
 def sort_design_files(files: Sequence[str | Path]) -> dict[str, list[Path]]:
     """Manifests, tile stats and the sample sheet among ``files``.
 
@@ -218,6 +239,7 @@ def design_tables(
         "tasks": task_table(metrics_files, _sheet(files["sheet"])),
         "encoders": encoder_table(files["manifests"]),
         "tiling": tiling_table(files["stats"]),
+        "warnings": warnings_table(metrics_files, files["stats"]),
     }
 
 
@@ -228,6 +250,7 @@ _TITLES = {
         "From the feature stores' manifests and provenance: weights, cache keys, versions.",
     ),
     "tiling": ("Tiling", "From the tile stats: slide µm/px, its source, and the µm/px read at."),
+    "warnings": ("Warnings", "Recorded by the tile step (per sample) and the fits (per task)."),
 }
 
 

@@ -128,6 +128,16 @@ def test_spot_kfold_is_warned_at_plan_time(small_cohort):
         Plan.from_config(cfg)
 
 
+def test_fewer_patients_than_folds_is_warned_and_recorded(small_cohort):
+    """The small cohort has two patients: patient-kfold with 3 folds runs 2, and says so."""
+    from histofuse.evaluation.splits import split_warnings
+
+    cfg = validate_config(_config(small_cohort, {"n_folds": 3}), load_schema())
+    with pytest.warns(LeakWarning, match=r"n_folds is 3 but .* 2 patients, so it runs 2 folds"):
+        Plan.from_config(cfg)
+    assert split_warnings({"scheme": "patient-kfold", "n_folds": 2}, 2) == []
+
+
 @pytest.fixture(scope="module")
 def store(small_tiles, tmp_path_factory) -> Path:
     """tiny-vit (seeded random weights) features of the small cohort's four sections."""

@@ -29,9 +29,20 @@ SCHEMES = (
 SPOT_SCHEMES = ("spot-kfold", "repeated-kfold")
 
 
-def split_warnings(split: dict) -> list[str]:
-    """The warnings a ``split`` config earns: a spot-level scheme leaks between neighbours."""
+def split_warnings(split: dict, n_patients: int | None = None) -> list[str]:
+    """The warnings a ``split`` config earns.
+
+    A spot-level scheme leaks between neighbours; ``patient-kfold`` with fewer patients than
+    ``n_folds`` runs one fold per patient, fewer folds than configured.
+    """
     scheme = split.get("scheme", "patient-kfold")
+    n_folds = split.get("n_folds", 5)
+    if scheme == "patient-kfold" and n_patients is not None and 2 <= n_patients < n_folds:
+        return [
+            f"split patient-kfold: n_folds is {n_folds} but the task's samples come from "
+            f"{n_patients} patients, so it runs {n_patients} folds (one per patient); set "
+            f"`split.n_folds: {n_patients}` to say so, or add samples"
+        ]
     if scheme not in SPOT_SCHEMES:
         return []
     return [

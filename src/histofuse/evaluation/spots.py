@@ -142,7 +142,10 @@ class SpotRows:
 
         return {
             "task": settings.to_dict(self.task),
-            "warnings": split_warnings(settings.to_dict(self.task.split)),
+            "warnings": split_warnings(
+                settings.to_dict(self.task.split),
+                self.sheet.loc[self.index["sample"].unique(), "patient_id"].nunique(),
+            ),
             "dropped_spots": self.dropped,
             "missing_samples": self.failed,
         }

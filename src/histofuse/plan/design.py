@@ -25,14 +25,19 @@ RUN_LOG = "snakemake.logging"
 
 
 class LeakWarning(UserWarning):
-    """A split scheme whose test spots have neighbours in the training spots."""
+    """A split whose scores may mislead.
+
+    Test spots with neighbours among the training spots (a spot-level scheme), or fewer folds
+    than configured.
+    """
 
 
 def split_problem(task: str, split: dict, n_patients: int) -> str | None:
     """Why a task's split cannot be built from its patients, with the fix; None if it can.
 
     A patient-level scheme needs two patients. ``patient-kfold`` with fewer patients than
-    ``n_folds`` runs one fold per patient (as documented), so it is not refused.
+    ``n_folds`` runs one fold per patient (as documented): not refused, but warned about
+    (:func:`~histofuse.evaluation.splits.split_warnings`) in the log and the report.
     """
     scheme = split["scheme"]
     if scheme not in ("patient-kfold", "leave-one-patient-out") or n_patients >= 2:
@@ -64,7 +69,7 @@ def check_splits(plan: Plan) -> list[str]:
         problem = split_problem(task, spec["split"], n_patients)
         if problem:
             raise HistofuseError(problem)
-        for message in split_warnings(spec["split"]):
+        for message in split_warnings(spec["split"], n_patients):
             given.append(f"task {task}: {message}")
             if logging.getLogger(RUN_LOG).handlers:  # under Snakemake: one line in its log
                 logging.getLogger(RUN_LOG).warning(given[-1])

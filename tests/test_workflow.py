@@ -346,10 +346,18 @@ def test_deleted_intermediates_are_rebuilt(demo_run, tmp_path):
     metrics = next((work / "results/metrics").rglob("*.parquet")).relative_to(work)
     shutil.rmtree(work / store)
     (work / metrics).unlink()
+    # Snakemake alone says "Nothing to be done": the run names them, and the fix
     proc = snakemake(work, "-n")
-    counts = job_counts(proc.stdout)
-    assert counts["embed"] == 1 and counts["report"] == 1
-    assert f"output: {store}" in proc.stdout and str(metrics) in proc.stdout
+    assert f"1 result file of this plan deleted after the report was written ({metrics})" in (
+        proc.stderr
+    )
+    assert f"1 feature store deleted, manifests kept ({store})" in proc.stderr
+    assert "snakemake --forcerun report" in proc.stderr
+    # the fix rebuilds the deleted result and the report; a job reading the store rebuilds it
+    fixed = snakemake(work, "-n", "--forcerun", "report")
+    assert str(metrics) in fixed.stdout and job_counts(fixed.stdout)["report"] == 1
+    reader = snakemake(work, "-n", "--forcerun", "fit")
+    assert f"output: {store}" in reader.stdout and job_counts(reader.stdout)["embed"] == 1
 
 
 @pytest.mark.slow

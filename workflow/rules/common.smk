@@ -21,6 +21,12 @@ except HistofuseError as exc:
     sys.exit(2)
 SAMPLES = PLAN.samples
 
+if not workflow.remote_exec:  # once per run, not in every cluster job's own parse
+    from histofuse.plan.missing import missing_results
+
+    for warning in missing_results(PLAN):
+        print(f"histofuse: warning: {warning}", file=sys.stderr)
+
 
 wildcard_constraints:
     sample=r"[A-Za-z0-9._-]+",

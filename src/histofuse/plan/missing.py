@@ -40,8 +40,9 @@ def missing_results(plan: Plan) -> list[str]:
         if gone:
             out.append(
                 f"{_count(len(gone), 'result file')} of this plan deleted after the report was "
-                f"written ({_listed(gone)}); Snakemake does not rebuild them while the report looks up "
-                "to date, so the report still shows them: run `snakemake --forcerun report`"
+                f"written ({_listed(gone)}); Snakemake does not rebuild them while the report "
+                "looks up to date, so the report still shows them: run "
+                "`snakemake --forcerun report`"
             )
     stores = [paths.features(e, s) for e in plan.config["encoders"] for s in plan.shards]
     gone = [s for s in stores if os.path.exists(paths.manifest_of(s)) and not os.path.isdir(s)]

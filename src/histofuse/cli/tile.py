@@ -101,7 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         help="sample id of the sheet; once with --slide or --patches; repeat with --sheet "
-        "(none: every row of the sheet)",
+        "(default: none, every row of the sheet)",
     )
     s.add_argument(
         "--tiling",

@@ -4,10 +4,15 @@
 import os
 import shlex
 import sys
+import time
 
 from histofuse.config import load_schema, validate_config
 from histofuse.errors import HistofuseError, one_line
 from histofuse.plan import Plan, paths
+from histofuse.plan.missing import missing_results
+from histofuse.retry import refused_retry, user_error
+from snakemake.io import apply_wildcards
+from snakemake.logging import logger
 
 try:
     config = validate_config(config, load_schema())
@@ -22,8 +27,6 @@ except HistofuseError as exc:
 SAMPLES = PLAN.samples
 
 if not workflow.remote_exec:  # once per run, not in every cluster job's own parse
-    from histofuse.plan.missing import missing_results
-
     for warning in missing_results(PLAN):
         print(f"histofuse: warning: {warning}", file=sys.stderr)
 
@@ -143,12 +146,6 @@ def shard_tiles(wildcards):
 # with a user error (`histofuse: error: …`) would fail the same way again: its retry gets a
 # `slurm_extra` that sbatch refuses at once, so no second job (for embed, a GPU at twice the
 # memory) is queued. Rules take it as `slurm_extra=refused_retry_after_user_error`.
-import time
-
-from histofuse.retry import refused_retry, user_error
-from snakemake.io import apply_wildcards
-from snakemake.logging import logger
-
 RUN_STARTED = time.time()
 _REFUSED_RETRIES = set()
 

@@ -615,6 +615,10 @@ def test_data_and_design_section_counts_what_the_run_wrote(tmp_path):
         write_stats({"sample": s, "mpp_x": 0.25, "mpp_source": source, "effective_mpp": 0.5,
                      "n_tiles": 10 + k, "warnings": warnings}, stats)  # fmt: skip
         design.append(stats)
+    failed = tmp_path / "tiles" / "S9_0.json"  # a recorded tiling failure: no µm/px at all
+    write_stats({"sample": "S9_0", "mpp_x": None, "effective_mpp": None, "n_tiles": 0,
+                 "error": "unreadable slide"}, failed)  # fmt: skip
+    design.append(failed)
     out = tmp_path / "report"
     build_report(files, out, options=parse_options(FAST), design_files=design)
 
@@ -640,6 +644,7 @@ def test_data_and_design_section_counts_what_the_run_wrote(tmp_path):
     assert fact[("tiling", "0.25 · openslide.mpp · 0.5", "tiles")] == str(10 + 11 + 12 + 13)
     assert fact[("tiling", "0.25 · override · 0.5", "samples")] == "2"
     assert fact[("tiling", "0.25 · override · 0.5", "tiles")] == str(14 + 15)
+    assert fact[("tiling", "– · – · –", "samples")] == "1"
     # every recorded warning is in the report, once per place
     assert fact[("warnings", "sample S0_0", "warning")] == "slide has no pyramid"
     assert (

@@ -166,6 +166,11 @@ def encoder_table(manifests: Sequence[Path]) -> pd.DataFrame:
     return out.reset_index()[ENCODER_COLUMNS]
 
 
+def _number(value: float | None) -> str:
+    """A µm/px as written in the stats; ``–`` where a sample that failed has none."""
+    return MISSING if value is None else f"{value:g}"
+
+
 def tiling_table(stats: Sequence[Path]) -> pd.DataFrame:
     """Samples and tiles per (µm/px, its source, the µm/px read at), from tile stats JSON."""
     rows = []
@@ -173,9 +178,9 @@ def tiling_table(stats: Sequence[Path]) -> pd.DataFrame:
         doc = json.loads(Path(path).read_text())
         rows.append(
             {
-                "µm/px": MISSING if doc.get("mpp_x") is None else f"{doc['mpp_x']:g}",
+                "µm/px": _number(doc.get("mpp_x")),
                 "µm/px source": doc.get("mpp_source") or MISSING,
-                "read at µm/px": f"{doc.get('effective_mpp', float('nan')):g}",
+                "read at µm/px": _number(doc.get("effective_mpp")),
                 "sample": doc.get("sample", Path(path).stem),
                 "tiles": int(doc.get("n_tiles") or 0),
             }

@@ -2,7 +2,7 @@
 
 A real 20000 × 20000 px single-level tiled-JPEG TIFF (1.6 GB as RGBA) is written tile by tile;
 tissue is a disk in one part of it. Detection runs in a fresh process whose peak resident size
-(``ru_maxrss``, which counts numpy's and OpenSlide's buffers alike) must stay far below the
+(``VmHWM``, which counts numpy's and OpenSlide's buffers alike) must stay far below the
 image's size.
 """
 
@@ -70,11 +70,14 @@ def flat_slide(tmp_path_factory) -> Path:
     return path
 
 
+# The peak RSS of this process's own memory (VmHWM, kB): unlike ru_maxrss, which Linux carries
+# over exec from the forked copy of the (possibly large) test process, it starts at exec.
 _TILE = """
-import resource, sys
+import re, sys
 from histofuse.cli import main
 rc = main(sys.argv[1:])
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+status = open("/proc/self/status").read()
+print(int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) / 1024)
 sys.exit(rc)
 """
 

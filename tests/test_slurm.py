@@ -108,16 +108,21 @@ def slurm_env() -> dict[str, str]:
     return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
 
 
-def test_demo_runs_through_slurm(slurm, tmp_path):
-    config = small_config(tmp_path, ["tiny-cnn"])
-    cmd = slurm_command(tmp_path, config)
+def run_on_slurm(cmd: list[str], folder: Path) -> subprocess.CompletedProcess:
+    """Runs the workflow on the cluster; cancels its jobs and fails after 10 minutes."""
     try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, env=slurm_env(), cwd=tmp_path, timeout=600
+        return subprocess.run(
+            cmd, capture_output=True, text=True, env=slurm_env(), cwd=folder, timeout=600
         )
     except subprocess.TimeoutExpired:
         subprocess.run(["scancel", "--user", "root"], capture_output=True)
         pytest.fail("the SLURM run did not finish in 10 minutes")
+
+
+def test_demo_runs_through_slurm(slurm, tmp_path):
+    config = small_config(tmp_path, ["tiny-cnn"])
+    cmd = slurm_command(tmp_path, config)
+    proc = run_on_slurm(cmd, tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     # every rule but the local `all` ran as a SLURM job
@@ -184,12 +189,7 @@ def test_user_error_is_not_resubmitted_but_a_killed_job_is(slurm, tmp_path):
     )
     killer.start()
     try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, env=slurm_env(), cwd=tmp_path, timeout=600
-        )
-    except subprocess.TimeoutExpired:
-        subprocess.run(["scancel", "--user", "root"], capture_output=True)
-        pytest.fail("the SLURM run did not finish in 10 minutes")
+        proc = run_on_slurm(cmd, tmp_path)
     finally:
         stop.set()
         killer.join()

@@ -171,20 +171,18 @@ def _number(value: float | None) -> str:
     return MISSING if value is None else f"{value:g}"
 
 
-def tiling_table(stats: Sequence[Path]) -> pd.DataFrame:
-    """Samples and tiles per (µm/px, its source, the µm/px read at), from tile stats JSON."""
-    rows = []
-    for path in stats:
-        doc = json.loads(Path(path).read_text())
-        rows.append(
-            {
-                "µm/px": _number(doc.get("mpp_x")),
-                "µm/px source": doc.get("mpp_source") or MISSING,
-                "read at µm/px": _number(doc.get("effective_mpp")),
-                "sample": doc.get("sample", Path(path).stem),
-                "tiles": int(doc.get("n_tiles") or 0),
-            }
-        )
+def tiling_table(stats: Sequence[dict]) -> pd.DataFrame:
+    """Samples and tiles per (µm/px, its source, the µm/px read at), from tile stats."""
+    rows = [
+        {
+            "µm/px": _number(doc.get("mpp_x")),
+            "µm/px source": doc.get("mpp_source") or MISSING,
+            "read at µm/px": _number(doc.get("effective_mpp")),
+            "sample": doc["sample"],
+            "tiles": int(doc.get("n_tiles") or 0),
+        }
+        for doc in stats
+    ]
     if not rows:
         return pd.DataFrame(columns=TILING_COLUMNS)
     keys = TILING_COLUMNS[:3]
@@ -192,12 +190,11 @@ def tiling_table(stats: Sequence[Path]) -> pd.DataFrame:
     return out.agg(samples=("sample", "nunique"), tiles=("tiles", "sum"))[TILING_COLUMNS]
 
 
-def warnings_table(metrics_files: Sequence[str | Path], stats: Sequence[Path]) -> pd.DataFrame:
+def warnings_table(metrics_files: Sequence[str | Path], stats: Sequence[dict]) -> pd.DataFrame:
     """Every recorded warning, once: ``sample …`` from tile stats, ``task …`` from metrics."""
     rows = [
-        {"where": f"sample {doc.get('sample', Path(path).stem)}", "warning": str(w)}
-        for path in stats
-        for doc in [json.loads(Path(path).read_text())]
+        {"where": f"sample {doc['sample']}", "warning": str(w)}
+        for doc in stats
         for w in doc.get("warnings") or []
     ]
     for path in metrics_files:
@@ -239,12 +236,15 @@ def design_tables(
     metrics_files: Sequence[str | Path], design_files: Sequence[str | Path] = ()
 ) -> dict[str, pd.DataFrame]:
     """The tasks, encoders and tiling tables of a run (see the module docstring)."""
+    from histofuse.report.slides import read_stats
+
     files = sort_design_files(design_files)
+    stats = [read_stats(p) for p in files["stats"]]  # read once, for two tables
     return {
         "tasks": task_table(metrics_files, _sheet(files["sheet"])),
         "encoders": encoder_table(files["manifests"]),
-        "tiling": tiling_table(files["stats"]),
-        "warnings": warnings_table(metrics_files, files["stats"]),
+        "tiling": tiling_table(stats),
+        "warnings": warnings_table(metrics_files, stats),
     }
 
 

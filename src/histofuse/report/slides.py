@@ -30,8 +30,13 @@ COLUMNS = (
 )
 
 
-def _row(path: Path) -> dict:
-    """One slide's row from its stats JSON (``results/tiles/{sample}.json``)."""
+def read_stats(path: str | Path) -> dict:
+    """A tile job's stats JSON (``results/tiles/{sample}.json``), checked.
+
+    Raises:
+        HistofuseError: If it cannot be read, or names no ``sample``.
+    """
+    path = Path(path)
     try:
         stats = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -40,6 +45,12 @@ def _row(path: Path) -> dict:
         ) from None
     if not isinstance(stats, dict) or "sample" not in stats:
         raise HistofuseError(f"tile stats {path} has no `sample`; delete it and run again")
+    return stats
+
+
+def _row(path: Path) -> dict:
+    """One slide's row from its stats JSON (``results/tiles/{sample}.json``)."""
+    stats = read_stats(path)
     tissue = stats.get("tissue_fraction")
     return {
         "sample": stats["sample"],
